@@ -1,0 +1,1 @@
+"""HTTP transport: thin FastAPI routes over the core (``create_app`` in ``app.py``)."""

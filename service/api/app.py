@@ -1,0 +1,62 @@
+"""``create_app(settings)``: the FastAPI application; models load in the lifespan, not at import."""
+
+import logging
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api import models, repository, v2
+from service.api.context import ServiceContext
+from service.api.errors import install_error_handlers
+from service.registry import ModelRegistry
+from service.repository import ModelRepository
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def _admin_token(settings: ServiceSettings) -> str:
+    if settings.admin_token:
+        return settings.admin_token
+    token = secrets.token_urlsafe(32)
+    # Printed once, so the operator who started the server can use the admin routes.
+    print(
+        f"bnserve: generated admin token (set BNSERVE_ADMIN_TOKEN to choose one): {token}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return token
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    repo = ModelRepository(settings.models)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(repo, threads=settings.model_threads)
+        ctx = ServiceContext(settings, repo, registry, _admin_token(settings))
+        app.state.context = ctx
+        try:
+            for name in repo.model_names():
+                await registry.load(name)
+            ctx.ready = True
+            yield
+        finally:
+            ctx.ready = False
+            await registry.close()
+
+    app = FastAPI(
+        title="bnserve",
+        version=__version__,
+        description="Inference serving for BatchNorm networks (Open Inference Protocol).",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(v2.router)
+    app.include_router(models.router)
+    app.include_router(repository.router)
+    return app

@@ -1,0 +1,99 @@
+"""Model metadata, readiness and stored BatchNorm statistics."""
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.api.context import context
+from service.api.errors import error_response
+from service.api.responses import json_response
+from service.backends.base import NormLayer
+from service.errors import ModelNotReady
+from service.registry import LoadedModel
+from service.repository import parse_version
+
+router = APIRouter()
+
+
+async def _model(request: Request, name: str, version: str | None) -> LoadedModel:
+    registry = context(request).registry
+    return await registry.get_version(name, None if version is None else parse_version(version))
+
+
+def _metadata(request: Request, model: LoadedModel) -> dict[str, Any]:
+    versions = context(request).repository.versions(model.name, model.config)
+
+    def tensors(specs: Any) -> list[dict[str, Any]]:
+        return [{"name": s.name, "datatype": s.datatype, "shape": [-1, *s.shape]} for s in specs]
+
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in versions],
+        "platform": model.backend.platform,
+        "inputs": tensors(model.config.inputs),
+        "outputs": tensors(model.config.outputs),
+        "parameters": {"active_version": str(model.version)},
+    }
+
+
+@router.get("/v2/models/{model_name}")
+async def model_metadata(request: Request, model_name: str) -> Response:
+    return json_response(_metadata(request, await _model(request, model_name, None)))
+
+
+@router.get("/v2/models/{model_name}/versions/{version}")
+async def version_metadata(request: Request, model_name: str, version: str) -> Response:
+    return json_response(_metadata(request, await _model(request, model_name, version)))
+
+
+def _ready(request: Request, model_name: str, version: str | None) -> Response:
+    registry = context(request).registry
+    try:
+        registry.get(model_name, None if version is None else parse_version(version))
+    except ModelNotReady as exc:
+        return error_response(400, str(exc))
+    return json_response({"name": model_name, "ready": True})
+
+
+@router.get("/v2/models/{model_name}/ready")
+async def model_ready(request: Request, model_name: str) -> Response:
+    return _ready(request, model_name, None)
+
+
+@router.get("/v2/models/{model_name}/versions/{version}/ready")
+async def version_ready(request: Request, model_name: str, version: str) -> Response:
+    return _ready(request, model_name, version)
+
+
+def _layer(layer: NormLayer) -> dict[str, Any]:
+    return {
+        "name": layer.name,
+        "kind": layer.kind,
+        "channels": layer.channels,
+        "eps": layer.eps,
+        "batch_independent": layer.batch_independent,
+        "running_mean": layer.running_mean,
+        "running_var": layer.running_var,
+    }
+
+
+def _stats(model: LoadedModel) -> Response:
+    return json_response(
+        {
+            "name": model.name,
+            "version": str(model.version),
+            "layers": [_layer(layer) for layer in model.backend.layers],
+        }
+    )
+
+
+@router.get("/v2/models/{model_name}/stats")
+async def stats(request: Request, model_name: str) -> Response:
+    return _stats(await _model(request, model_name, None))
+
+
+@router.get("/v2/models/{model_name}/versions/{version}/stats")
+async def version_stats(request: Request, model_name: str, version: str) -> Response:
+    return _stats(await _model(request, model_name, version))

@@ -1,0 +1,94 @@
+"""Open Inference Protocol data plane: health, server metadata, inference (V2 and V1)."""
+
+import asyncio
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service import __version__
+from service.api.body import read_body
+from service.api.context import context
+from service.api.errors import error_response
+from service.api.responses import json_response
+from service.errors import InvalidInput
+from service.protocol.v1 import decode_v1_instances, encode_v1_predictions
+from service.protocol.v2 import decode_infer_request, encode_infer_response
+from service.repository import parse_version
+
+router = APIRouter()
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "bn_recalibration", "bn_drift"]
+_THREAD_DECODE_BYTES = 256 * 1024
+"""Bodies larger than this are decoded off the event loop."""
+
+
+@router.get("/v2/health/live")
+async def live() -> Response:
+    return json_response({"live": True})
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> Response:
+    if context(request).ready:
+        return json_response({"ready": True})
+    return error_response(400, "server is not ready: models are still loading")
+
+
+@router.get("/v2")
+async def server_metadata() -> Response:
+    return json_response({"name": "bnserve", "version": __version__, "extensions": EXTENSIONS})
+
+
+def _header_length(request: Request) -> int | None:
+    value = request.headers.get("inference-header-content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise InvalidInput(f"invalid Inference-Header-Content-Length header {value!r}")
+    return int(value)
+
+
+async def _infer(request: Request, model_name: str, version: str | None) -> Response:
+    ctx = context(request)
+    model = await ctx.registry.get_version(
+        model_name, None if version is None else parse_version(version)
+    )
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    header_length = _header_length(request)
+    if len(body) > _THREAD_DECODE_BYTES:
+        req = await asyncio.to_thread(decode_infer_request, body, model.config, header_length)
+    else:
+        req = decode_infer_request(body, model.config, header_length)
+    outputs = await model.infer(req.inputs, req.batch_size)
+    content, json_length = encode_infer_response(
+        model_name, str(model.version), req, outputs, model.config
+    )
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )
+
+
+@router.post("/v2/models/{model_name}/infer")
+async def infer(request: Request, model_name: str) -> Response:
+    return await _infer(request, model_name, None)
+
+
+@router.post("/v2/models/{model_name}/versions/{version}/infer")
+async def infer_version(request: Request, model_name: str, version: str) -> Response:
+    return await _infer(request, model_name, version)
+
+
+@router.post("/v1/models/{model_name}:predict")
+async def predict_v1(request: Request, model_name: str) -> Response:
+    ctx = context(request)
+    model = ctx.registry.get(model_name)
+    body = await read_body(request, ctx.settings.max_body_bytes)
+    inputs = decode_v1_instances(body, model.config)
+    batch = next(iter(inputs.values())).shape[0]
+    outputs = await model.infer(inputs, batch)
+    return Response(encode_v1_predictions(outputs, model.config), media_type="application/json")

@@ -1,0 +1,144 @@
+"""Loaded models: name -> serving version (plus versions asked for explicitly), swapped atomically.
+
+A version is loaded fully (in a worker thread) before it replaces the one serving, so requests
+never see a half-loaded model; requests already queued on the old version finish on it, then
+its batcher and thread are released (MLServer's ``_reload_model`` pattern).
+"""
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from service.backends.base import Arrays, Backend
+from service.backends.loader import load_backend
+from service.batching import DynamicBatcher
+from service.config import ModelConfig
+from service.errors import ModelNotFound, ModelNotReady
+from service.repository import ModelRepository
+
+log = logging.getLogger(__name__)
+
+_MAX_EXTRA_VERSIONS = 2
+"""Non-serving versions kept loaded after an explicit ``/versions/{v}`` request."""
+
+
+@dataclass
+class LoadedModel:
+    """One model version ready to serve, with its own batcher and model thread."""
+
+    name: str
+    version: int
+    config: ModelConfig
+    backend: Backend
+    executor: ThreadPoolExecutor = field(repr=False)
+    batcher: DynamicBatcher = field(repr=False)
+
+    async def infer(self, inputs: Arrays, batch_size: int) -> Arrays:
+        return await self.batcher.submit(inputs, batch_size)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self.executor.shutdown(wait=False)
+
+
+@dataclass
+class _Entry:
+    config: ModelConfig
+    serving: LoadedModel
+    extra: dict[int, LoadedModel] = field(default_factory=dict)
+
+
+class ModelRegistry:
+    """The models this process serves. All methods run on the event loop."""
+
+    def __init__(self, repository: ModelRepository, threads: int = 0) -> None:
+        self.repository = repository
+        self._threads = threads
+        self._entries: dict[str, _Entry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str, version: int | None = None) -> LoadedModel:
+        """The loaded model (serving version by default); raises if not loaded."""
+        entry = self._entries.get(name)
+        if entry is None:
+            self.repository.model_dir(name)  # raises ModelNotFound for unknown names
+            raise ModelNotReady(f"model '{name}' is not loaded")
+        if version is None or version == entry.serving.version:
+            return entry.serving
+        if version in entry.extra:
+            return entry.extra[version]
+        raise ModelNotReady(f"version {version} of model '{name}' is not loaded")
+
+    async def get_version(self, name: str, version: int | None) -> LoadedModel:
+        """Like ``get``, but loads an existing non-serving version on demand."""
+        try:
+            return self.get(name, version)
+        except ModelNotReady:
+            if version is None or name not in self._entries:
+                raise
+        async with self._lock(name):
+            entry = self._entries.get(name)
+            if entry is None:
+                raise ModelNotReady(f"model '{name}' is not loaded")
+            if version not in entry.extra:
+                if version not in self.repository.versions(name, entry.config):
+                    raise ModelNotFound(f"model '{name}' has no version {version}")
+                entry.extra[version] = await self._load_version(name, entry.config, version)
+                while len(entry.extra) > _MAX_EXTRA_VERSIONS:
+                    oldest = next(iter(entry.extra))
+                    await entry.extra.pop(oldest).close()
+            return entry.extra[version]
+
+    async def load(self, name: str) -> LoadedModel:
+        """(Re)load ``name`` from the repository at its active version and swap it in."""
+        async with self._lock(name):
+            config = self.repository.config(name)
+            version = self.repository.active_version(name, config)
+            new = await self._load_version(name, config, version)
+            old = self._entries.get(name)
+            self._entries[name] = _Entry(config, new)
+            if old is not None:
+                await self._close_entry(old)
+            log.info("model %s version %d loaded", name, version)
+            return new
+
+    async def unload(self, name: str) -> None:
+        async with self._lock(name):
+            entry = self._entries.pop(name, None)
+            if entry is None:
+                self.repository.model_dir(name)
+                raise ModelNotReady(f"model '{name}' is not loaded")
+            await self._close_entry(entry)
+
+    async def close(self) -> None:
+        for name in list(self._entries):
+            await self._close_entry(self._entries.pop(name))
+
+    async def _load_version(self, name: str, config: ModelConfig, version: int) -> LoadedModel:
+        path = self.repository.version_dir(name, version)
+        backend = await asyncio.to_thread(load_backend, path, config, self._threads)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}-{version}")
+        batcher = DynamicBatcher(
+            backend.predict,
+            executor,
+            max_batch_size=config.max_batch_size,
+            max_queue=config.batching.max_queue,
+            max_delay_ms=config.batching.max_delay_ms,
+        )
+        return LoadedModel(name, version, config, backend, executor, batcher)
+
+    @staticmethod
+    async def _close_entry(entry: _Entry) -> None:
+        await entry.serving.close()
+        for model in entry.extra.values():
+            await model.close()
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())

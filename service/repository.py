@@ -1,0 +1,156 @@
+"""The model repository on disk: model folders, immutable version folders, the ``active`` pointer.
+
+Layout (Triton-like)::
+
+    <root>/<model>/config.toml
+    <root>/<model>/<version>/model.onnx | model.pt2
+    <root>/<model>/active            # the serving version; missing -> highest version
+
+Atomicity: a version is written into a hidden temporary folder, fsynced, and renamed to its
+number; ``active`` is replaced with ``os.replace``. A crash leaves either the old state or the
+new one. Names and versions are validated before they touch the filesystem.
+"""
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from service.config import ModelConfig, load_model_config
+from service.errors import ConfigError, InvalidInput, ModelNotFound
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_VERSION = re.compile(r"[1-9][0-9]{0,8}")
+_TMP_PREFIX = ".tmp-"
+
+
+def parse_version(text: str) -> int:
+    """A version as it appears in a URL or folder name: a positive decimal integer."""
+    if not _VERSION.fullmatch(text):
+        raise InvalidInput(f"invalid version {text!r}: expected a positive integer")
+    return int(text)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, filenames in os.walk(root):
+        for filename in filenames:
+            fd = os.open(Path(dirpath, filename), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+class ModelRepository:
+    """Read and write access to one model repository folder. Stateless: every call reads disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def model_dir(self, name: str) -> Path:
+        if not _NAME.fullmatch(name) or ".." in name:
+            raise ModelNotFound(f"invalid model name {name!r}")
+        path = self.root / name
+        if not (path / "config.toml").is_file():
+            raise ModelNotFound(f"model '{name}' not found in the repository")
+        return path
+
+    def model_names(self) -> list[str]:
+        if not self.root.is_dir():
+            raise ConfigError(f"{self.root}: model repository folder does not exist")
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if _NAME.fullmatch(p.name) and (p / "config.toml").is_file()
+        )
+
+    def config(self, name: str) -> ModelConfig:
+        return load_model_config(self.model_dir(name) / "config.toml")
+
+    def versions(self, name: str, config: ModelConfig | None = None) -> list[int]:
+        """Complete versions: numbered folders holding the model file."""
+        folder = self.model_dir(name)
+        model_file = (config or self.config(name)).model_file
+        return sorted(
+            int(p.name)
+            for p in folder.iterdir()
+            if _VERSION.fullmatch(p.name) and (p / model_file).is_file()
+        )
+
+    def version_dir(self, name: str, version: int) -> Path:
+        path = self.model_dir(name) / str(version)
+        if not path.is_dir():
+            raise ModelNotFound(f"model '{name}' has no version {version}")
+        return path
+
+    def active_version(self, name: str, config: ModelConfig | None = None) -> int:
+        versions = self.versions(name, config)
+        if not versions:
+            raise ConfigError(f"{self.model_dir(name)}: no version folder with a model file")
+        pointer = self.model_dir(name) / "active"
+        if not pointer.exists():
+            return versions[-1]
+        text = pointer.read_text(encoding="utf-8").strip()
+        try:
+            version = parse_version(text)
+        except InvalidInput as exc:
+            raise ConfigError(f"{pointer}: {exc}") from exc
+        if version not in versions:
+            raise ConfigError(f"{pointer}: version {version} does not exist")
+        return version
+
+    def set_active(self, name: str, version: int) -> None:
+        """Point ``active`` at ``version`` atomically (write, fsync, rename, fsync folder)."""
+        folder = self.model_dir(name)
+        if version not in self.versions(name):
+            raise ModelNotFound(f"model '{name}' has no version {version}")
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(f"{version}\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, folder / "active")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)
+
+    def write_version(self, name: str, write: Callable[[Path], None]) -> int:
+        """Create the next version: ``write(tmp_dir)`` fills a hidden folder, renamed into place.
+
+        The number is allocated by the rename itself (``os.rename`` of a folder onto an existing
+        non-empty one fails), so concurrent writers on a shared repository never collide.
+        If ``write`` raises, nothing is left behind.
+        """
+        folder = self.model_dir(name)
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=folder))
+        try:
+            write(tmp)
+            _fsync_tree(tmp)
+            while True:
+                existing = [int(p.name) for p in folder.iterdir() if _VERSION.fullmatch(p.name)]
+                version = max(existing, default=0) + 1
+                try:
+                    tmp.rename(folder / str(version))
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                        continue  # another writer took this number first
+                    raise
+                _fsync_dir(folder)
+                return version
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

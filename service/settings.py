@@ -1,0 +1,22 @@
+"""Service settings from flags and ``BNSERVE_*`` environment variables."""
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BNSERVE_", extra="forbid", frozen=True)
+
+    models: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    admin_token: str | None = None
+    """Bearer token for admin routes; a random one is generated at start when unset."""
+    max_body_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
+    """Largest inference request body."""
+    model_threads: Annotated[int, Field(ge=0)] = 0
+    """Intra-op threads per model session; 0 lets the runtime choose."""
+    log_level: str = "info"

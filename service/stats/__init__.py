@@ -1,0 +1,36 @@
+"""BatchNorm statistics maths: streaming moments, ghost batches, recalibration estimators.
+
+Pure numpy; no model code and no HTTP.
+"""
+
+from service.stats.ghost import GhostBatcher, GhostBatchReport
+from service.stats.moments import Moments, Vector
+from service.stats.recalibrate import (
+    MODES,
+    CumulativeEstimator,
+    EmaEstimator,
+    LayerEstimator,
+    Mode,
+    PopulationEstimator,
+    Recalibration,
+    Stats,
+    apply_prior,
+    make_estimator,
+)
+
+__all__ = [
+    "MODES",
+    "CumulativeEstimator",
+    "EmaEstimator",
+    "GhostBatchReport",
+    "GhostBatcher",
+    "LayerEstimator",
+    "Mode",
+    "Moments",
+    "PopulationEstimator",
+    "Recalibration",
+    "Stats",
+    "Vector",
+    "apply_prior",
+    "make_estimator",
+]
