@@ -22,6 +22,10 @@ def _serve(args: argparse.Namespace) -> int:
         if value is not None
     }
     settings = ServiceSettings(**overrides)
+    if settings.model_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.model_threads)  # process-wide: one pool for all models
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )

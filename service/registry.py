@@ -109,6 +109,29 @@ class ModelRegistry:
             log.info("model %s version %d loaded", name, version)
             return new
 
+    async def activate(self, name: str, version: int) -> LoadedModel:
+        """Serve ``version`` of ``name``: load it fully, point ``active`` at it, then swap.
+
+        Requests queued on the previous version finish on it. The ``active`` file is written
+        only once the version has loaded, so a version that cannot load is never activated.
+        """
+        async with self._lock(name):
+            entry = self._entries.get(name)
+            config = entry.config if entry is not None else self.repository.config(name)
+            if version not in self.repository.versions(name, config):
+                raise ModelNotFound(f"model '{name}' has no version {version}")
+            new = await self._load_version(name, config, version)
+            try:
+                await asyncio.to_thread(self.repository.set_active, name, version)
+            except BaseException:
+                await new.close()
+                raise
+            self._entries[name] = _Entry(config, new)
+            if entry is not None:
+                await self._close_entry(entry)
+            log.info("model %s version %d activated", name, version)
+            return new
+
     async def unload(self, name: str) -> None:
         async with self._lock(name):
             entry = self._entries.pop(name, None)

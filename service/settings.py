@@ -17,6 +17,10 @@ class ServiceSettings(BaseSettings):
     """Bearer token for admin routes; a random one is generated at start when unset."""
     max_body_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
     """Largest inference request body."""
+    recalibration_max_bytes: Annotated[int, Field(ge=1)] = 256 * 1024**3
+    """Largest recalibration stream, in bytes."""
+    recalibration_max_samples: Annotated[int, Field(ge=1)] = 100_000_000
+    """Most samples in one recalibration stream."""
     model_threads: Annotated[int, Field(ge=0)] = 0
     """Intra-op threads per model session; 0 lets the runtime choose."""
     log_level: str = "info"

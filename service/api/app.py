@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import models, repository, v2
+from service.api import models, recalibration, repository, v2
 from service.api.context import ServiceContext
 from service.api.errors import install_error_handlers
+from service.recalibration.runner import Recalibrator
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
 from service.settings import ServiceSettings
@@ -38,7 +39,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = ModelRegistry(repo, threads=settings.model_threads)
-        ctx = ServiceContext(settings, repo, registry, _admin_token(settings))
+        recalibrator = Recalibrator(
+            repo,
+            registry,
+            max_samples=settings.recalibration_max_samples,
+            max_bytes=settings.recalibration_max_bytes,
+            threads=settings.model_threads,
+        )
+        ctx = ServiceContext(settings, repo, registry, _admin_token(settings), recalibrator)
         app.state.context = ctx
         try:
             for name in repo.model_names():
@@ -47,6 +55,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             yield
         finally:
             ctx.ready = False
+            recalibrator.close()
             await registry.close()
 
     app = FastAPI(
@@ -59,4 +68,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(models.router)
     app.include_router(repository.router)
+    app.include_router(recalibration.router)
     return app

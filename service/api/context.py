@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from service.recalibration.runner import Recalibrator
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
 from service.settings import ServiceSettings
@@ -15,6 +16,7 @@ class ServiceContext:
     repository: ModelRepository
     registry: ModelRegistry
     admin_token: str
+    recalibrator: Recalibrator
     ready: bool = field(default=False)
 
 

@@ -1,0 +1,1 @@
+"""Streamed BatchNorm recalibration: parameters, the one-pass job, and its orchestration."""

@@ -1,0 +1,141 @@
+"""One recalibration pass over a streamed body: parse -> ghost batches -> batch statistics.
+
+Synchronous, called from one worker thread at a time (``feed`` per received chunk, then
+``finish``). Memory is O(one chunk + one ghost batch + layers x channels + the reference
+reservoir), whatever the stream length. A job that raised is spent: discard it.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.backends.base import Arrays, NormLayer
+from service.config import ModelConfig
+from service.datatypes import to_numpy
+from service.errors import InvalidInput
+from service.recalibration.params import RecalibrationParams
+from service.stats.drift import DriftScore, drift_score
+from service.stats.ghost import GhostBatcher, GhostBatchReport
+from service.stats.moments import Moments
+from service.stats.recalibrate import Recalibration, Stats
+from service.stats.reservoir import Reservoir
+from service.streams import make_parser
+
+REFERENCE_SAMPLES = 2048
+REFERENCE_BYTES = 16 * 1024 * 1024
+
+
+class BatchStatsForward(Protocol):
+    def batch_moments(self, inputs: Arrays) -> dict[str, Moments]: ...
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    layer: NormLayer
+    mean: np.ndarray
+    var: np.ndarray
+    before: DriftScore
+    after: DriftScore
+
+
+@dataclass(frozen=True)
+class JobResult:
+    layers: tuple[LayerResult, ...]
+    batching: GhostBatchReport
+    samples: int
+    bytes: int
+    seconds: float
+    reference: Arrays
+
+    @property
+    def statistics(self) -> dict[str, Stats]:
+        return {r.layer.name: (r.mean, r.var) for r in self.layers}
+
+
+class RecalibrationJob:
+    def __init__(
+        self,
+        config: ModelConfig,
+        layers: tuple[NormLayer, ...],
+        forward: BatchStatsForward,
+        params: RecalibrationParams,
+        content_type: str,
+        max_samples: int | None = None,
+        max_bytes: int | None = None,
+    ) -> None:
+        self._layers = layers
+        self._forward = forward
+        self._parser = make_parser(content_type, config.inputs, max_samples, max_bytes)
+        self._batchers = {
+            spec.name: GhostBatcher(params.batch_size, spec.shape, to_numpy(spec.datatype))
+            for spec in config.inputs
+        }
+        sample_bytes = sum(
+            spec.sample_size * to_numpy(spec.datatype).itemsize for spec in config.inputs
+        )
+        capacity = max(1, min(REFERENCE_SAMPLES, REFERENCE_BYTES // sample_bytes))
+        self._reservoirs = {
+            spec.name: Reservoir(capacity, spec.shape, to_numpy(spec.datatype))
+            for spec in config.inputs
+        }
+        sources = {
+            layer.name: (layer.running_mean, layer.running_var)
+            for layer in layers
+            if layer.running_mean is not None and layer.running_var is not None
+        }
+        self._recalibration = Recalibration(
+            sources, params.mode, momentum=params.momentum, prior=params.prior
+        )
+        self._started = time.perf_counter()
+
+    def feed(self, chunk: bytes) -> None:
+        self._push(self._parser.feed(chunk))
+
+    def finish(self) -> JobResult:
+        self._push(self._parser.close())
+        tails = {name: batcher.finish() for name, batcher in self._batchers.items()}
+        if all(tail is not None for tail in tails.values()):
+            self._run({name: tail for name, tail in tails.items() if tail is not None})
+        report = next(iter(self._batchers.values())).report
+        if self._recalibration.batches == 0:
+            raise InvalidInput("the stream holds no samples")
+        return JobResult(
+            layers=self._layer_results(),
+            batching=report,
+            samples=self._parser.samples,
+            bytes=self._parser.bytes_read,
+            seconds=time.perf_counter() - self._started,
+            reference={name: r.samples for name, r in self._reservoirs.items()},
+        )
+
+    def _push(self, arrays: Arrays) -> None:
+        if not arrays or len(next(iter(arrays.values()))) == 0:
+            return
+        for name, samples in arrays.items():
+            self._reservoirs[name].add(samples)
+        # Every input gets the same number of samples, so all batchers cut in lockstep.
+        parts = [self._batchers[name].push(samples) for name, samples in arrays.items()]
+        for batch in zip(*parts, strict=True):
+            self._run(dict(zip(arrays, batch, strict=True)))
+
+    def _run(self, batch: Arrays) -> None:
+        moments = self._forward.batch_moments(batch)
+        self._recalibration.update(moments, len(next(iter(batch.values()))))
+
+    def _layer_results(self) -> tuple[LayerResult, ...]:
+        new = self._recalibration.result()
+        seen = self._recalibration.stream_moments
+        results = []
+        for layer in self._layers:
+            assert layer.running_mean is not None and layer.running_var is not None
+            mean, var = new[layer.name]
+            observed = seen[layer.name]
+            observed_var = observed.var_biased
+            before = drift_score(
+                observed.mean, observed_var, layer.running_mean, layer.running_var, layer.eps
+            )
+            after = drift_score(observed.mean, observed_var, mean, var, layer.eps)
+            results.append(LayerResult(layer, mean, var, before, after))
+        return tuple(results)

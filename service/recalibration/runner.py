@@ -1,0 +1,111 @@
+"""``Recalibrator``: runs streamed recalibrations next to serving, one per model at a time.
+
+The stream is consumed chunk by chunk; each chunk is parsed and its full ghost batches are run
+through the batch-statistics forward on a dedicated thread, never on the event loop and never
+on the model's inference thread. Only when the whole stream was read and checked is a version
+written (``ModelRepository.write_version``: temporary folder, fsync, rename), then activated
+if asked. Any error or a client disconnect before that point writes nothing.
+"""
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.errors import Conflict
+from service.recalibration.backend import open_forward, write_statistics
+from service.recalibration.job import JobResult, RecalibrationJob
+from service.recalibration.params import RecalibrationParams, select_layers
+from service.recalibration.report import build_report
+from service.registry import LoadedModel, ModelRegistry
+from service.repository import ModelRepository
+
+
+def _write_version_files(
+    dest: Path, model: LoadedModel, source_dir: Path, result: JobResult, report: dict[str, Any]
+) -> None:
+    write_statistics(model.config, source_dir, dest, result.statistics)
+    report_bytes = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    (dest / "recalibration.json").write_bytes(report_bytes)
+    if len(result.reference) == 1:
+        np.save(dest / "reference.npy", next(iter(result.reference.values())), allow_pickle=False)
+    else:
+        np.savez(dest / "reference.npz", **result.reference)  # type: ignore[arg-type]
+
+
+class Recalibrator:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        registry: ModelRegistry,
+        max_samples: int | None = None,
+        max_bytes: int | None = None,
+        threads: int = 0,
+    ) -> None:
+        self._repository = repository
+        self._registry = registry
+        self._max_samples = max_samples
+        self._max_bytes = max_bytes
+        self._threads = threads
+        self._running: set[str] = set()
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recalibration")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(
+        self,
+        name: str,
+        version: int | None,
+        params: RecalibrationParams,
+        content_type: str,
+        chunks: AsyncIterator[bytes],
+    ) -> dict[str, Any]:
+        """Recalibrate ``name`` (its serving version unless ``version``) on the streamed body."""
+        model = await self._registry.get_version(name, version)
+        if name in self._running:
+            raise Conflict(f"a recalibration of model '{name}' is already running")
+        self._running.add(name)
+        try:
+            return await self._run(model, params, content_type, chunks)
+        finally:
+            self._running.discard(name)
+
+    async def _run(
+        self,
+        model: LoadedModel,
+        params: RecalibrationParams,
+        content_type: str,
+        chunks: AsyncIterator[bytes],
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        layers = select_layers(model.backend.layers, params.layers)
+        source_dir = self._repository.version_dir(model.name, model.version)
+        names = tuple(layer.name for layer in layers)
+        forward = await loop.run_in_executor(
+            self._executor, open_forward, model.config, source_dir, names, self._threads
+        )
+        job = RecalibrationJob(
+            model.config, layers, forward, params, content_type, self._max_samples, self._max_bytes
+        )
+        async for chunk in chunks:
+            if chunk:
+                await loop.run_in_executor(self._executor, job.feed, chunk)
+        result = await loop.run_in_executor(self._executor, job.finish)
+        report = build_report(model.name, model.version, params, content_type, result)
+        if params.dry_run:
+            return {**report, "version": None, "activated": False}
+        write = functools.partial(
+            _write_version_files, model=model, source_dir=source_dir, result=result, report=report
+        )
+        new_version = await loop.run_in_executor(
+            self._executor, self._repository.write_version, model.name, write
+        )
+        if params.activate:
+            await self._registry.activate(model.name, new_version)
+        return {**report, "version": str(new_version), "activated": params.activate}
