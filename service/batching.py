@@ -46,13 +46,15 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue: int,
         max_delay_ms: float = 0.0,
+        enabled: bool = True,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._predict = predict
         self._executor = executor
         self._max_batch = max_batch_size
         self._max_queue = max_queue
-        self._delay = max_delay_ms / 1000.0
+        self._delay = max_delay_ms / 1000.0 if enabled else 0.0
+        self._enabled = enabled
         self._on_batch = on_batch
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -83,7 +85,7 @@ class DynamicBatcher:
             await asyncio.sleep(self._delay)
         items = [self._queue.popleft()]
         total = items[0].size
-        while self._queue and total + self._queue[0].size <= self._max_batch:
+        while self._enabled and self._queue and total + self._queue[0].size <= self._max_batch:
             item = self._queue.popleft()
             items.append(item)
             total += item.size

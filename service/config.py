@@ -40,6 +40,8 @@ class TensorSpec(_Strict):
 
 
 class BatchingConfig(_Strict):
+    enabled: bool = True
+    """False: every request runs alone (still queued, still off the event loop)."""
     max_delay_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 0.0
     max_queue: Annotated[int, Field(ge=1)] = 1024
 

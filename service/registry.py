@@ -7,6 +7,7 @@ its batcher and thread are released (MLServer's ``_reload_model`` pattern).
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -52,14 +53,28 @@ class _Entry:
 class ModelRegistry:
     """The models this process serves. All methods run on the event loop."""
 
-    def __init__(self, repository: ModelRepository, threads: int = 0) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        threads: int = 0,
+        batch_observer: Callable[[str], Callable[[int], None]] | None = None,
+    ) -> None:
+        """``batch_observer(model)`` returns a callback told the size of every model call."""
         self.repository = repository
         self._threads = threads
+        self._batch_observer = batch_observer
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def model_states(self) -> list[tuple[str, int, int]]:
+        """``(model, serving version, queued requests)`` for every loaded model."""
+        return [
+            (name, entry.serving.version, entry.serving.batcher.queue_depth)
+            for name, entry in sorted(self._entries.items())
+        ]
 
     def is_loaded(self, name: str) -> bool:
         return name in self._entries
@@ -154,6 +169,8 @@ class ModelRegistry:
             max_batch_size=config.max_batch_size,
             max_queue=config.batching.max_queue,
             max_delay_ms=config.batching.max_delay_ms,
+            enabled=config.batching.enabled,
+            on_batch=None if self._batch_observer is None else self._batch_observer(name),
         )
         return LoadedModel(name, version, config, backend, executor, batcher)
 

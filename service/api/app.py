@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import models, recalibration, repository, v2
+from service.api import metrics, models, recalibration, repository, v2
 from service.api.context import ServiceContext
 from service.api.errors import install_error_handlers
+from service.metrics import ServiceMetrics, StateCollector
 from service.recalibration.runner import Recalibrator
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
@@ -38,15 +39,24 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = ModelRegistry(repo, threads=settings.model_threads)
+        service_metrics = ServiceMetrics()
+        registry = ModelRegistry(
+            repo,
+            threads=settings.model_threads,
+            batch_observer=lambda model: service_metrics.batch_size.labels(model).observe,
+        )
+        service_metrics.add_collector(StateCollector(registry.model_states))
         recalibrator = Recalibrator(
             repo,
             registry,
             max_samples=settings.recalibration_max_samples,
             max_bytes=settings.recalibration_max_bytes,
             threads=settings.model_threads,
+            metrics=service_metrics,
         )
-        ctx = ServiceContext(settings, repo, registry, _admin_token(settings), recalibrator)
+        ctx = ServiceContext(
+            settings, repo, registry, _admin_token(settings), recalibrator, service_metrics
+        )
         app.state.context = ctx
         try:
             for name in repo.model_names():
@@ -69,4 +79,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(models.router)
     app.include_router(repository.router)
     app.include_router(recalibration.router)
+    app.include_router(metrics.router)
     return app

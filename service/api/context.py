@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from service.metrics import ServiceMetrics
 from service.recalibration.runner import Recalibrator
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
@@ -17,6 +18,7 @@ class ServiceContext:
     registry: ModelRegistry
     admin_token: str
     recalibrator: Recalibrator
+    metrics: ServiceMetrics
     ready: bool = field(default=False)
 
 

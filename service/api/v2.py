@@ -1,6 +1,8 @@
 """Open Inference Protocol data plane: health, server metadata, inference (V2 and V1)."""
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -9,9 +11,9 @@ from starlette.responses import Response
 from service import __version__
 from service.api.body import read_body
 from service.api.context import context
-from service.api.errors import error_response
+from service.api.errors import error_response, status_of
 from service.api.responses import json_response
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ServiceError
 from service.protocol.v1 import decode_v1_instances, encode_v1_predictions
 from service.protocol.v2 import decode_infer_request, encode_infer_response
 from service.repository import parse_version
@@ -49,6 +51,27 @@ def _header_length(request: Request) -> int | None:
     return int(value)
 
 
+async def _observed(
+    request: Request, model_name: str, call: Callable[[], Awaitable[Response]]
+) -> Response:
+    """Run ``call``, counting it under ``model_name`` if that model exists (bounded labels)."""
+    ctx = context(request)
+    if not ctx.registry.is_loaded(model_name):
+        return await call()
+    started = time.perf_counter()
+    code = 500
+    try:
+        response = await call()
+        code = response.status_code
+        return response
+    except ServiceError as exc:
+        code = status_of(exc)
+        raise
+    finally:
+        ctx.metrics.requests.labels(model_name, str(code)).inc()
+        ctx.metrics.request_duration.labels(model_name).observe(time.perf_counter() - started)
+
+
 async def _infer(request: Request, model_name: str, version: str | None) -> Response:
     ctx = context(request)
     model = await ctx.registry.get_version(
@@ -75,16 +98,20 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
 
 @router.post("/v2/models/{model_name}/infer")
 async def infer(request: Request, model_name: str) -> Response:
-    return await _infer(request, model_name, None)
+    return await _observed(request, model_name, lambda: _infer(request, model_name, None))
 
 
 @router.post("/v2/models/{model_name}/versions/{version}/infer")
 async def infer_version(request: Request, model_name: str, version: str) -> Response:
-    return await _infer(request, model_name, version)
+    return await _observed(request, model_name, lambda: _infer(request, model_name, version))
 
 
 @router.post("/v1/models/{model_name}:predict")
 async def predict_v1(request: Request, model_name: str) -> Response:
+    return await _observed(request, model_name, lambda: _predict_v1(request, model_name))
+
+
+async def _predict_v1(request: Request, model_name: str) -> Response:
     ctx = context(request)
     model = ctx.registry.get(model_name)
     body = await read_body(request, ctx.settings.max_body_bytes)

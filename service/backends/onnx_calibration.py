@@ -143,6 +143,7 @@ class _Rewriter:
         self._replaced: dict[int, list[onnx.NodeProto]] = {}
         self._used = _used_names(model.graph)
         self._types: dict[str, int] | None = None
+        self._unread: set[str] = set()
         self._model = model
 
     def fresh(self, stem: str) -> str:
@@ -185,11 +186,14 @@ class _Rewriter:
             "ncl": np.array([0, 0, -1], np.int64),
             "c1": np.array([-1, 1], np.int64),
             "flat": np.array([-1], np.int64),
-            "axes": np.array([0, 2], np.int64),
+            "axes": np.array([2], np.int64),
             "eps": np.array(eps, helper.tensor_dtype_to_np_dtype(dtype)),
         }
+        if self._opset < _AXES_AS_INPUT_OPSET:
+            del constants["axes"]  # an attribute instead
         for key, value in constants.items():
             self._graph.initializer.append(numpy_helper.from_array(value, v[key]))
+        self._unread.update(node.input[3:5])
 
         def op(kind: str, inputs: list[str], output: str, **attrs: object) -> onnx.NodeProto:
             return helper.make_node(kind, inputs, [output], name=self.fresh(output), **attrs)
@@ -197,7 +201,7 @@ class _Rewriter:
         def reduce_mean(source: str, output: str) -> onnx.NodeProto:
             if self._opset >= _AXES_AS_INPUT_OPSET:
                 return op("ReduceMean", [source, v["axes"]], output)
-            return op("ReduceMean", [source], output, axes=[0, 2])
+            return op("ReduceMean", [source], output, axes=[2])
 
         self._replaced[id(node)] = [
             op("Reshape", [x, v["ncl"]], v["x3"]),
@@ -228,6 +232,16 @@ class _Rewriter:
         nodes = [new for node in self._graph.node for new in self._replaced.get(id(node), [node])]
         del self._graph.node[:]
         self._graph.node.extend(nodes)
+        # the replaced nodes' statistics, unless something else reads them (onnxruntime
+        # warns about every unused initializer)
+        read = {name for node in _all_nodes(self._graph) for name in node.input}
+        read.update(output.name for output in self._graph.output)
+        unread = [i for i in self._graph.initializer if i.name in self._unread - read]
+        for initializer in unread:
+            self._graph.initializer.remove(initializer)
+        names = {initializer.name for initializer in unread}
+        for info in [i for i in self._graph.input if i.name in names]:  # IR < 4 lists them
+            self._graph.input.remove(info)
 
     def _elem_type(self, name: str) -> int:
         """The element type of a tensor, from shape inference (float32 if unknown)."""

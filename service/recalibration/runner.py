@@ -9,6 +9,7 @@ if asked. Any error or a client disconnect before that point writes nothing.
 
 import asyncio
 import functools
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.errors import Conflict
+from service.errors import Conflict, ServiceError
+from service.metrics import ServiceMetrics
 from service.recalibration.backend import open_forward, write_statistics
 from service.recalibration.job import JobResult, RecalibrationJob
 from service.recalibration.params import RecalibrationParams, select_layers
@@ -46,8 +48,10 @@ class Recalibrator:
         max_samples: int | None = None,
         max_bytes: int | None = None,
         threads: int = 0,
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self._repository = repository
+        self._metrics = metrics
         self._registry = registry
         self._max_samples = max_samples
         self._max_bytes = max_bytes
@@ -71,10 +75,24 @@ class Recalibrator:
         if name in self._running:
             raise Conflict(f"a recalibration of model '{name}' is already running")
         self._running.add(name)
+        started = time.perf_counter()
+        outcome = "aborted"  # the client went away, or the server is shutting down
         try:
-            return await self._run(model, params, content_type, chunks)
+            report = await self._run(model, params, content_type, chunks)
+            outcome = "dry_run" if params.dry_run else "written"
+            return report
+        except ServiceError:
+            outcome = "failed"
+            raise
         finally:
             self._running.discard(name)
+            self._observe(name, outcome, time.perf_counter() - started)
+
+    def _observe(self, name: str, outcome: str, seconds: float) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.recalibrations.labels(name, outcome).inc()
+        self._metrics.recalibration_duration.labels(name).observe(seconds)
 
     async def _run(
         self,
@@ -97,6 +115,8 @@ class Recalibrator:
             if chunk:
                 await loop.run_in_executor(self._executor, job.feed, chunk)
         result = await loop.run_in_executor(self._executor, job.finish)
+        if self._metrics is not None:
+            self._metrics.recalibration_samples.labels(model.name).inc(result.samples)
         report = build_report(model.name, model.version, params, content_type, result)
         if params.dry_run:
             return {**report, "version": None, "activated": False}

@@ -1,0 +1,81 @@
+"""Prometheus metrics on an explicit ``CollectorRegistry`` (never the global default one).
+
+Names and labels are part of the interface (DESIGN.md "Metrics"); labels are only ``model``,
+``version``, ``layer``, ``code`` and ``outcome``, and only for models that exist, so unknown
+paths and model names never create series. Gauges that describe current state (queue depth,
+active version) are read at scrape time by ``StateCollector``.
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_RECALIBRATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class StateCollector(Collector):
+    """``source()`` yields ``(model, serving version, queue depth)`` per loaded model."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "bnserve_queue_depth", "Requests waiting for the model", labels=["model"]
+        )
+        version = GaugeMetricFamily(
+            "bnserve_model_active_version", "The version serving by default", labels=["model"]
+        )
+        for model, active, queued in self._source():
+            depth.add_metric([model], queued)
+            version.add_metric([model], active)
+        yield depth
+        yield version
+
+
+class ServiceMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "bnserve_requests", "Inference requests by outcome", ["model", "code"], registry=r
+        )
+        self.request_duration = Histogram(
+            "bnserve_request_duration_seconds",
+            "Inference request latency, body read to response",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "bnserve_inference_batch_size",
+            "Samples per model call (after dynamic batching)",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.recalibrations = Counter(
+            "bnserve_recalibrations", "Recalibrations by outcome", ["model", "outcome"], registry=r
+        )
+        self.recalibration_samples = Counter(
+            "bnserve_recalibration_samples",
+            "Samples streamed into recalibrations",
+            ["model"],
+            registry=r,
+        )
+        self.recalibration_duration = Histogram(
+            "bnserve_recalibration_duration_seconds",
+            "Recalibration duration, first byte to report",
+            ["model"],
+            buckets=_RECALIBRATION_BUCKETS,
+            registry=r,
+        )
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
