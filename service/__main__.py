@@ -1,4 +1,4 @@
-"""The ``bnserve`` command line: serve, inspect, build-examples."""
+"""The ``bnserve`` command line: serve, inspect, build-examples, recalibrate, versions, activate."""
 
 import argparse
 import logging
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from service.client import add_client_commands
 from service.errors import ServiceError
 
 
@@ -75,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build-examples", help="train and export the example models")
     build.add_argument("--out", default="models", help="model repository to write (default models)")
     build.set_defaults(run=_build_examples)
+
+    add_client_commands(commands)
     return parser
 
 

@@ -56,6 +56,9 @@ class RecalibrationConfig(_Strict):
 class DriftConfig(_Strict):
     enabled: bool = True
     half_life: Annotated[float, Field(gt=0.0)] = 4096.0
+    """Window decay, in samples: a sample's weight halves after this many newer ones."""
+    max_overhead: Annotated[float, Field(gt=0.0)] = 0.03
+    """Tap compute as a share of serving compute; >= 1 taps every batch."""
 
 
 class ModelConfig(_Strict):

@@ -8,7 +8,7 @@ update, and eval forwards of modules with the written buffers loaded.
 import copy
 import hashlib
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ class TinyNet(nn.Module):
         self.bn2d = nn.BatchNorm2d(4)
         self.drop = nn.Dropout(0.5)
         self.fc = nn.Linear(4 * 6 * 6, 6)
-        self.bn1d = nn.BatchNorm1d(6, eps=1e-3)
+        self.bn1d = nn.BatchNorm1d(6, eps=1e-3, affine=False)
         self.head = nn.Sequential(nn.ReLU(), nn.Dropout(0.5), nn.Linear(6, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,8 +143,8 @@ def digits_batches() -> list[F32]:
 
 
 def forward_for(kind: str, path: Path, layers: Collection[str] | None = None) -> BatchStatsForward:
-    if kind == "torch":
-        return torch_batch_stats(path, layers, input_names=["input"])
+    if kind == "torch":  # the program's input is "x": inputs go by position
+        return torch_batch_stats(path, layers)
     return onnx_batch_stats(path, layers, portable=kind == "portable")
 
 
@@ -181,8 +181,8 @@ def buffers(module: nn.Module, names: Collection[str]) -> Stats:
     found = dict(module.named_modules())
     return {
         name: (
-            found[name].running_mean.double().numpy(),  # type: ignore[union-attr, operator]
-            found[name].running_var.double().numpy(),  # type: ignore[union-attr, operator]
+            found[name].running_mean.double().numpy(),
+            found[name].running_var.double().numpy(),
         )
         for name in names
     }
@@ -209,7 +209,7 @@ def train_mode_reference(
     with torch.no_grad():
         for t, batch in enumerate(batches, start=1):
             for norm in norms.values():
-                norm.momentum = 1.0 / t if momentum is None else momentum  # type: ignore[assignment]
+                norm.momentum = 1.0 / t if momentum is None else momentum
             model(torch.from_numpy(batch))
     return buffers(model, selected)
 
@@ -242,6 +242,12 @@ def test_tiny_cumulative_equals_update_bn_with_dropout_in_eval(
     batches = tiny_batches()
     expected = update_bn_reference(tiny_module(tiny), batches)
     assert_stats_close(cumulative(forward, batches), expected, rtol=1e-5)
+    # update_bn as is (dropout in train mode too) gives other statistics after the dropout
+    torch.manual_seed(0)
+    plain = copy.deepcopy(tiny_module(tiny))
+    with torch.no_grad():
+        update_bn([torch.from_numpy(batch) for batch in batches], plain)
+    assert not np.allclose(buffers(plain, ["bn1d"])["bn1d"][1], expected["bn1d"][1], rtol=1e-2)
     # dropout in train mode would make the forward random
     again = forward.batch_moments({"input": batches[0]})["bn1d"]
     assert np.array_equal(again.mean, forward.batch_moments({"input": batches[0]})["bn1d"].mean)
@@ -303,6 +309,7 @@ def test_instance_norm_with_running_stats_follows_torch_train_mode(
     momentum: float | None, tmp_path: Path
 ) -> None:
     module = trained(InstanceNet(), 4)
+    assert isinstance(module, InstanceNet)
     forward = torch_batch_stats(export_pt2(module, tmp_path / "in.pt2"), input_names=["input"])
     assert forward.layers == ("inn", "bn")
     batches = tiny_batches(3, 8)
@@ -314,16 +321,22 @@ def test_instance_norm_with_running_stats_follows_torch_train_mode(
     for batch in batches:
         recalibration.update(forward.batch_moments({"input": batch}), len(batch))
     assert_stats_close(recalibration.result(), expected, rtol=1e-5)
-    # the per-instance variance is not the variance over the batch
-    whole = update_bn_reference(module, batches)  # BatchNorms only: inn stays in eval
-    assert not np.allclose(recalibration.result()["inn"][1], whole["bn"][1][:4], rtol=1e-2)
+    # the encoding, against numpy: n and mean over the batch, and M2 / (n - 1) equal to the
+    # average over instances of the instance's unbiased variance
+    with torch.no_grad():
+        layer_input = module.conv(torch.from_numpy(batches[0])).double().numpy()
+    encoded = forward.batch_moments({"input": batches[0]})["inn"]
+    assert encoded.n == 8 * 6 * 6
+    np.testing.assert_allclose(encoded.mean, layer_input.mean(axis=(0, 2, 3)), rtol=1e-5)
+    instance_var = layer_input.reshape(8, 4, -1).var(axis=2, ddof=1).mean(axis=0)
+    np.testing.assert_allclose(encoded.var_unbiased, instance_var, rtol=1e-5)
 
 
 def test_unknown_layer_is_refused_by_forwards_and_writers(
     tiny: dict[str, Path], tmp_path: Path
 ) -> None:
     stats = {"bn2d": (np.zeros(4), np.ones(4)), "nope": (np.zeros(4), np.ones(4))}
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: onnx_batch_stats(tiny["onnx"], ["bn2d", "nope"]),
         lambda: torch_batch_stats(tiny["torch"], ["nope"]),
         lambda: write_onnx_statistics(tiny["onnx"], tmp_path / "a.onnx", stats),
@@ -338,6 +351,20 @@ def test_unknown_layer_is_refused_by_forwards_and_writers(
     with pytest.raises(InvalidInput, match="'bn1d' has 6 channels"):
         write_torch_statistics(tiny["torch"], tmp_path / "b.pt2", wrong)
     assert not list(tmp_path.iterdir())
+
+
+def test_forwards_refuse_missing_inputs(tiny: dict[str, Path]) -> None:
+    batch = {"other": tiny_batches(1)[0]}
+    forwards: list[BatchStatsForward] = [
+        onnx_batch_stats(tiny["onnx"]),
+        torch_batch_stats(tiny["torch"], input_names=["input"]),
+        torch_batch_stats(tiny["torch"]),
+    ]
+    for forward in forwards[:2]:
+        with pytest.raises(InvalidInput, match="input"):
+            forward.batch_moments(batch)
+    with pytest.raises(InvalidInput, match="takes 1 input"):
+        forwards[2].batch_moments({**batch, "extra": batch["other"]})
 
 
 def new_statistics(module: nn.Module, seed: int) -> Stats:
@@ -428,16 +455,17 @@ def test_torch_writer_saves_a_program_with_the_new_buffers(tmp_path: Path) -> No
     np.testing.assert_allclose(served, expected_out, rtol=1e-5, atol=1e-5)
 
 
+def floats(name: str, values: list[float]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(values, np.float32), name)
+
+
 def shared_statistics_graph() -> onnx.ModelProto:
     """Two BatchNorms in a row on (N, 2, 3): ``a.running_mean`` is also read by an Identity
     that produces ``b.running_mean``; ``b.running_var`` comes from a Constant node; both
     read one scale tensor."""
-    floats = lambda name, values: numpy_helper.from_array(np.asarray(values, np.float32), name)  # noqa: E731
     nodes = [
         helper.make_node("Identity", ["a.running_mean"], ["b.running_mean"]),
-        helper.make_node(
-            "Constant", [], ["b.running_var"], value=floats("v", [0.5, 2.0])
-        ),
+        helper.make_node("Constant", [], ["b.running_var"], value=floats("v", [0.5, 2.0])),
         helper.make_node(
             "BatchNormalization",
             ["x", "scale", "bias", "a.running_mean", "a.running_var"],
@@ -466,7 +494,9 @@ def shared_statistics_graph() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def batch_norm_eval(x: npt.NDArray[np.float64], stats: tuple[npt.ArrayLike, npt.ArrayLike]) -> npt.NDArray[np.float64]:
+def batch_norm_eval(
+    x: npt.NDArray[np.float64], stats: tuple[npt.ArrayLike, npt.ArrayLike]
+) -> npt.NDArray[np.float64]:
     mean, var = (np.asarray(v, np.float64)[None, :, None] for v in stats)
     scale, bias = np.array([1.5, 0.5])[None, :, None], np.array([0.1, -0.2])[None, :, None]
     return (x - mean) / np.sqrt(var + 1e-5) * scale + bias  # type: ignore[no-any-return]
@@ -477,7 +507,7 @@ def test_onnx_writer_gives_a_batch_norm_its_own_copy_of_a_shared_statistic(
     layer: str, tmp_path: Path
 ) -> None:
     onnx.save(shared_statistics_graph(), tmp_path / "src.onnx")
-    original = {
+    original: dict[str, tuple[npt.ArrayLike, npt.ArrayLike]] = {
         "a": ([0.3, -0.4], [1.2, 0.8]),
         "b": ([0.3, -0.4], [0.5, 2.0]),
     }
@@ -490,6 +520,9 @@ def test_onnx_writer_gives_a_batch_norm_its_own_copy_of_a_shared_statistic(
     model = onnx.load(tmp_path / "out.onnx")
     onnx.checker.check_model(model)
     expected = {**original, layer: new}
+    # an Identity/Constant left without readers goes; one still read by the other layer stays
+    kept = ["Identity", "Constant"] if layer == "a" else []
+    assert [node.op_type for node in model.graph.node] == [*kept, *["BatchNormalization"] * 2]
     layers = {x.name: x for x in onnx_layers(model)}
     assert list(layers) == ["a", "b"]  # names kept
     for name, (mean, var) in expected.items():

@@ -19,6 +19,7 @@ ones. Layer names are ``onnx_layers``' (``input_mean`` name less ``.running_mean
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,13 @@ from onnx import helper, numpy_helper, version_converter
 
 from service.backends.calibration import Statistics, checked_statistics, select_layers
 from service.backends.onnx_backend import load_model, onnx_layers, session_options
+from service.backends.onnx_graph import (
+    all_nodes,
+    default_opset,
+    fresh_name,
+    set_own_constant,
+    used_names,
+)
 from service.errors import ConfigError, InvalidInput
 from service.stats.moments import Moments
 
@@ -85,21 +93,22 @@ def onnx_batch_stats(
     model = load_model(path)
     names = _layer_names(model, path)
     selected = select_layers(list(names), layers)
-    opset = _opset(model)
+    opset = default_opset(model)
     if not portable and opset < _TRAINING_OPSET:
         try:
             model = version_converter.convert_version(model, 15)
             opset = 15
         except Exception:  # the converter lacks adapters for many ops: fall back, same numbers
             portable = True
-    nodes = _batch_norm_nodes(model)
-    if len(nodes) != len(names):
+    found = _batch_norm_nodes(model)
+    if len(found) != len(names):
         raise ConfigError(f"{path}: the opset conversion changed the BatchNormalization nodes")
+    nodes = dict(zip(names, found, strict=True))
     graph = _Rewriter(model, opset)
-    taps = {}
-    for (name, channels), node in zip(names.items(), nodes, strict=True):
-        if name in selected:
-            taps[name] = graph.portable(node, name) if portable else graph.training(node, name)
+    taps = {
+        name: graph.portable(nodes[name], name) if portable else graph.training(nodes[name], name)
+        for name in selected
+    }
     graph.finish()
     try:
         session = ort.InferenceSession(
@@ -115,10 +124,13 @@ def onnx_batch_stats(
 def _layer_names(model: onnx.ModelProto, path: Path) -> dict[str, int]:
     """BatchNorm layer name -> channels, in node order, named as the serving backend does."""
     try:
-        layers = onnx_layers(model)
+        layers = [layer for layer in onnx_layers(model) if layer.kind == "BatchNorm"]
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return {layer.name: layer.channels for layer in layers if layer.kind == "BatchNorm"}
+    names = {layer.name: layer.channels for layer in layers}
+    if len(names) != len(layers):
+        raise ConfigError(f"{path}: two BatchNormalization nodes have the same layer name")
+    return names
 
 
 def _batch_norm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -130,10 +142,6 @@ def _batch_norm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     ]
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
 class _Rewriter:
     """Edits one graph in place: new node lists per BatchNorm, new names that do not clash."""
 
@@ -141,13 +149,13 @@ class _Rewriter:
         self._graph = model.graph
         self._opset = opset
         self._replaced: dict[int, list[onnx.NodeProto]] = {}
-        self._used = _used_names(model.graph)
+        self._used = used_names(model.graph)
         self._types: dict[str, int] | None = None
         self._unread: set[str] = set()
         self._model = model
 
     def fresh(self, stem: str) -> str:
-        return _fresh(stem, self._used)
+        return fresh_name(stem, self._used)
 
     def _taps(self, node: onnx.NodeProto, layer: str) -> _Taps:
         stem = f"bnserve_calibration/{layer}"
@@ -179,29 +187,16 @@ class _Rewriter:
         x, scale, bias = node.input[0], node.input[1], node.input[2]
         dtype = self._elem_type(x)
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        stems = "ncl c1 flat axes eps x3 mean3 centred square var3 var_eps std normed"
-        stems += " scale_x scale3 bias_x bias3 scaled y3 shape"
-        v = {s: self.fresh(f"bnserve_calibration/{layer}/{s}") for s in stems.split()}
-        constants = {
-            "ncl": np.array([0, 0, -1], np.int64),
-            "c1": np.array([-1, 1], np.int64),
-            "flat": np.array([-1], np.int64),
-            "axes": np.array([2], np.int64),
-            "eps": np.array(eps, helper.tensor_dtype_to_np_dtype(dtype)),
-        }
-        if self._opset < _AXES_AS_INPUT_OPSET:
-            del constants["axes"]  # an attribute instead
-        for key, value in constants.items():
-            self._graph.initializer.append(numpy_helper.from_array(value, v[key]))
+        v = self._portable_names(layer, eps, dtype)
         self._unread.update(node.input[3:5])
 
-        def op(kind: str, inputs: list[str], output: str, **attrs: object) -> onnx.NodeProto:
+        def op(kind: str, inputs: list[str], output: str, **attrs: Any) -> onnx.NodeProto:
             return helper.make_node(kind, inputs, [output], name=self.fresh(output), **attrs)
 
         def reduce_mean(source: str, output: str) -> onnx.NodeProto:
             if self._opset >= _AXES_AS_INPUT_OPSET:
                 return op("ReduceMean", [source, v["axes"]], output)
-            return op("ReduceMean", [source], output, axes=[2])
+            return op("ReduceMean", [source], output, axes=[0, 2])
 
         self._replaced[id(node)] = [
             op("Reshape", [x, v["ncl"]], v["x3"]),
@@ -227,6 +222,23 @@ class _Rewriter:
         ]
         return taps
 
+    def _portable_names(self, layer: str, eps: float, dtype: int) -> dict[str, str]:
+        """Fresh names for the portable form's tensors; its constants added as initializers."""
+        stems = "ncl c1 flat axes eps x3 mean3 centred square var3 var_eps std normed"
+        stems += " scale_x scale3 bias_x bias3 scaled y3 shape"
+        v = {s: self.fresh(f"bnserve_calibration/{layer}/{s}") for s in stems.split()}
+        constants = {
+            "ncl": np.array([0, 0, -1], np.int64),
+            "c1": np.array([-1, 1], np.int64),
+            "flat": np.array([-1], np.int64),
+            "eps": np.array(eps, helper.tensor_dtype_to_np_dtype(dtype)),
+        }
+        if self._opset >= _AXES_AS_INPUT_OPSET:  # an attribute before
+            constants["axes"] = np.array([0, 2], np.int64)
+        for key, value in constants.items():
+            self._graph.initializer.append(numpy_helper.from_array(value, v[key]))
+        return v
+
     def finish(self) -> None:
         """Splice the replacements into the node list, keeping it topologically sorted."""
         nodes = [new for node in self._graph.node for new in self._replaced.get(id(node), [node])]
@@ -234,7 +246,7 @@ class _Rewriter:
         self._graph.node.extend(nodes)
         # the replaced nodes' statistics, unless something else reads them (onnxruntime
         # warns about every unused initializer)
-        read = {name for node in _all_nodes(self._graph) for name in node.input}
+        read = {name for node in all_nodes(self._graph) for name in node.input}
         read.update(output.name for output in self._graph.output)
         unread = [i for i in self._graph.initializer if i.name in self._unread - read]
         for initializer in unread:
@@ -255,26 +267,6 @@ class _Rewriter:
         return self._types.get(name) or onnx.TensorProto.FLOAT
 
 
-def _used_names(graph: onnx.GraphProto) -> set[str]:
-    used = {i.name for i in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
-    for node in _all_nodes(graph):
-        used.update(node.input)
-        used.update(node.output)
-        used.add(node.name)
-    return used
-
-
-def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The nodes of ``graph`` and of its subgraphs (If/Loop/Scan bodies), recursively."""
-    nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        nodes.append(node)
-        for attribute in node.attribute:
-            for sub in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
-                nodes.extend(_all_nodes(sub))
-    return nodes
-
-
 def write_onnx_statistics(src: Path, dest: Path, stats: Statistics) -> None:
     """Copy ``src`` to ``dest`` with the ``input_mean``/``input_var`` of the named BatchNorms
     replaced by ``stats`` (torch's convention: ``running_var`` is the unbiased variance, so
@@ -290,87 +282,8 @@ def write_onnx_statistics(src: Path, dest: Path, stats: Statistics) -> None:
     names = _layer_names(model, src)
     checked = checked_statistics(names, stats)
     nodes = dict(zip(names, _batch_norm_nodes(model), strict=True))
-    used = _used_names(model.graph)
+    used = used_names(model.graph)
     for name, (mean, var) in checked.items():
-        _own_initializer(model, nodes[name], 3, mean, used)
-        _own_initializer(model, nodes[name], 4, var, used)
+        set_own_constant(model, nodes[name], 3, mean, used)
+        set_own_constant(model, nodes[name], 4, var, used)
     onnx.save(model, dest)
-
-
-def _own_initializer(
-    model: onnx.ModelProto,
-    node: onnx.NodeProto,
-    slot: int,
-    values: npt.NDArray[np.float64],
-    used: set[str],
-) -> None:
-    graph = model.graph
-    name = node.input[slot]
-    initializer = next((i for i in graph.initializer if i.name == name), None)
-    tensor = numpy_helper.from_array(values.astype(_source_dtype(graph, name)), name)
-    readers = sum(inp == name for other in _all_nodes(graph) for inp in other.input)
-    is_output = any(output.name == name for output in graph.output)
-    if initializer is not None and readers == 1 and not is_output:
-        initializer.CopyFrom(tensor)
-        return
-    moved = _fresh(f"{name}.shared", used)
-    if is_output:  # a graph output keeps its name: the BatchNorm reads a new one instead
-        node.input[slot] = tensor.name = moved
-    else:
-        _rename(graph, name, moved)
-        node.input[slot] = name
-        _drop_if_unread(graph, moved)
-    graph.initializer.append(tensor)
-    if model.ir_version < 4:  # initializers had to be listed as graph inputs then
-        graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, None))
-
-
-def _source_dtype(graph: onnx.GraphProto, name: str) -> np.dtype[np.generic]:
-    """The dtype of the constant behind ``name`` (through Identity nodes), else float32."""
-    initializers = {i.name: i for i in graph.initializer}
-    producers = {output: node for node in graph.node for output in node.output}
-    for _ in range(len(graph.node) + 1):
-        if name in initializers:
-            return np.dtype(helper.tensor_dtype_to_np_dtype(initializers[name].data_type))
-        node = producers.get(name)
-        if node is None or node.op_type not in ("Identity", "Constant"):
-            break
-        if node.op_type == "Constant":
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            return np.dtype(helper.tensor_dtype_to_np_dtype(value.data_type if value else 1))
-        name = node.input[0]
-    return np.dtype(np.float32)
-
-
-def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename a tensor everywhere: its producer, its readers (subgraphs too), its infos."""
-    for tensor in graph.initializer:
-        if tensor.name == old:
-            tensor.name = new
-    for info in (*graph.input, *graph.value_info):
-        if info.name == old:
-            info.name = new
-    for node in _all_nodes(graph):
-        for names in (node.input, node.output):
-            for index, value in enumerate(names):
-                if value == old:
-                    names[index] = new
-
-
-def _drop_if_unread(graph: onnx.GraphProto, name: str) -> None:
-    """Remove the Identity/Constant node producing ``name`` if nothing reads it any more."""
-    if any(name in node.input for node in _all_nodes(graph)):
-        return
-    for node in graph.node:
-        if node.op_type in ("Identity", "Constant") and list(node.output) == [name]:
-            graph.node.remove(node)
-            return
-
-
-def _fresh(stem: str, used: set[str]) -> str:
-    name, index = stem, 0
-    while name in used:
-        index += 1
-        name = f"{stem}_{index}"
-    used.add(name)
-    return name

@@ -95,29 +95,46 @@ def _instance_moments(x: torch.Tensor) -> Moments:
 class TorchBatchStats:
     """The rewritten module of one program (``BatchStatsForward``).
 
-    Thread-safety: the submodules keep the moments of the forward in flight, so calls are
-    serialized by a lock; call it from one worker thread at a time for throughput.
+    Inputs are passed to the program positionally: by ``input_names`` when given, else in
+    the mapping's order (as ``TorchBackend.predict`` does with the config's order) unless
+    the keys are the program's own input names. Thread-safety: the submodules keep the
+    moments of the forward in flight, so calls are serialized by a lock.
     """
 
     def __init__(
-        self, module: nn.Module, recorders: dict[str, _BatchStatistics], input_names: list[str]
+        self,
+        module: nn.Module,
+        recorders: dict[str, _BatchStatistics],
+        own_names: list[str],
+        input_names: list[str] | None,
     ) -> None:
         self.layers = tuple(recorders)
         self._module = module
         self._recorders = recorders
+        self._own_names = own_names
         self._input_names = input_names
         self._lock = threading.Lock()
 
     def batch_moments(self, inputs: Mapping[str, npt.NDArray[np.generic]]) -> dict[str, Moments]:
-        missing = [name for name in self._input_names if name not in inputs]
-        if missing:
-            raise InvalidInput(f"missing model input(s) {missing}")
-        tensors = [torch.from_numpy(_writable(inputs[name])) for name in self._input_names]
+        tensors = [torch.from_numpy(_writable(array)) for array in self._ordered(inputs)]
         with self._lock, torch.inference_mode():
             for recorder in self._recorders.values():
                 recorder.moments = None
             self._module(*tensors)
             return {name: recorder.take() for name, recorder in self._recorders.items()}
+
+    def _ordered(
+        self, inputs: Mapping[str, npt.NDArray[np.generic]]
+    ) -> list[npt.NDArray[np.generic]]:
+        names = self._input_names
+        if names is None:
+            names = self._own_names if set(inputs) == set(self._own_names) else list(inputs)
+        missing = [name for name in names if name not in inputs]
+        if missing or len(names) != len(self._own_names):
+            raise InvalidInput(
+                f"the program takes {len(self._own_names)} input(s), got {sorted(inputs)}"
+            )
+        return [inputs[name] for name in names]
 
 
 def _writable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -133,15 +150,15 @@ def torch_batch_stats(
     """The recalibration forward of ``path`` for ``layers`` (every layer with running
     statistics when ``None``: BatchNorm, InstanceNorm with tracked statistics).
 
-    ``input_names``: the keys of ``batch_moments``' inputs, in the program's positional order
-    (the config's input names); default the program's own placeholder names. Raises
+    ``input_names``: the keys of ``batch_moments``' inputs in the program's positional
+    order (the config's input names); see ``TorchBatchStats`` for the default. Raises
     ``InvalidInput`` for an unknown layer, ``ConfigError`` for a file that cannot be used.
     """
     program = load_program(path)
     selected = select_layers(list(_layer_channels(program, path)), layers)
     own_names = list(program.graph_signature.user_inputs)
-    names = list(input_names) if input_names is not None else own_names
-    if len(names) != len(own_names):
+    names = list(input_names) if input_names is not None else None
+    if names is not None and len(names) != len(own_names):
         raise ConfigError(f"{path}: the program has {len(own_names)} inputs, got names {names}")
     module = program.module()
     if not isinstance(module, fx.GraphModule):
@@ -150,7 +167,8 @@ def torch_batch_stats(
     if set(recorders) != set(selected):
         missing = sorted(set(selected) - set(recorders))
         raise ConfigError(f"{path}: no normalization call found for layers {missing}")
-    return TorchBatchStats(module, {name: recorders[name] for name in selected}, names)
+    chosen = {name: recorders[name] for name in selected}
+    return TorchBatchStats(module, chosen, own_names, names)
 
 
 def _layer_channels(program: ExportedProgram, path: Path) -> dict[str, int]:

@@ -29,13 +29,14 @@ def format_progress(sent: int, total: int, seconds: float, width: int = 30) -> s
     return f"[{bar}] {fraction * 100:5.1f}%  {amount}  {_rate(sent, seconds)}"
 
 
-def format_summary(sent: int, seconds: float) -> str:
-    """The closing line: ``sent 2.0 MB in 0.5 s (4.0 MB/s)``."""
-    return f"sent {_megabytes(sent)} in {seconds:.1f} s ({_rate(sent, seconds)})"
+def format_summary(sent: int, total: int, seconds: float) -> str:
+    """The closing line: ``sent 2.0 MB in 0.5 s (4.0 MB/s)``, ``sent 0.3 of 2.0 MB ...`` if cut."""
+    amount = _megabytes(sent) if sent >= total else f"{sent / MB:.1f} of {_megabytes(total)}"
+    return f"sent {amount} in {seconds:.1f} s ({_rate(sent, seconds)})"
 
 
 class ProgressBar:
-    """Reports bytes sent of ``total`` on ``stream``; call ``update`` often, ``close`` once."""
+    """Bytes sent of ``total``, on ``stream``: ``update`` often, then ``close`` or ``abandon``."""
 
     def __init__(
         self,
@@ -51,29 +52,38 @@ class ProgressBar:
         self._interval = interval
         self._clock = clock
         self._started = clock()
-        self._drawn_at: float | None = None
         self._sent = 0
+        self._drawn: tuple[float, int] | None = None  # (when, bytes) of the last frame
+        self._line_open = False  # a frame is on screen without its newline
+        self._width = 0  # of the longest frame: shorter ones are padded over its remains
 
     def update(self, sent: int) -> None:
         self._sent = sent
-        now = self._clock()
         if not self._interactive:
             return
-        if self._drawn_at is not None and now - self._drawn_at < self._interval:
-            return
-        self._drawn_at = now
-        self._draw(now)
+        now = self._clock()
+        if self._drawn is None or now - self._drawn[0] >= self._interval:
+            self._draw(now)
 
     def close(self) -> None:
         now = self._clock()
-        if self._interactive:
+        if not self._interactive:
+            self._stream.write(format_summary(self._sent, self._total, now - self._started) + "\n")
+        elif self._drawn is None or self._drawn[1] != self._sent:
             self._draw(now)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """End a drawn frame's line, so that what is written next starts on a line of its own."""
+        if self._line_open:
             self._stream.write("\n")
-        else:
-            self._stream.write(format_summary(self._sent, now - self._started) + "\n")
+            self._line_open = False
         self._stream.flush()
 
     def _draw(self, now: float) -> None:
         line = format_progress(self._sent, self._total, now - self._started)
-        self._stream.write(f"\r{line}")
+        self._width = max(self._width, len(line))
+        self._stream.write(f"\r{line.ljust(self._width)}")
         self._stream.flush()
+        self._drawn = (now, self._sent)
+        self._line_open = True

@@ -28,6 +28,14 @@ class ClientError(Exception):
         return 2 if self.status is not None and 400 <= self.status < 500 else 1
 
 
+class UsageError(ClientError):
+    """The command cannot be sent as given (an unreadable file, a bad URL): exit code 2."""
+
+    @property
+    def exit_code(self) -> int:
+        return 2
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A server base URL such as ``http://host:8000`` or ``https://host/prefix``."""
@@ -40,7 +48,7 @@ class Endpoint:
     def parse(cls, url: str) -> "Endpoint":
         parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ClientError(f"invalid server URL {url!r}: expected http://host:port")
+            raise UsageError(f"invalid server URL {url!r}: expected http://host:port")
         return cls(parts.scheme, parts.netloc, parts.path.rstrip("/"))
 
     def connect(self, timeout: float) -> http.client.HTTPConnection:

@@ -17,7 +17,7 @@ def open_forward(
         return onnx_batch_stats(path, layers, threads=threads)
     from service.backends.torch_calibration import torch_batch_stats
 
-    return torch_batch_stats(path, layers)
+    return torch_batch_stats(path, layers, input_names=[spec.name for spec in config.inputs])
 
 
 def write_statistics(

@@ -1,0 +1,128 @@
+"""``bnserve serve`` in a subprocess on 127.0.0.1, for benchmarks: start, wait ready, measure, stop.
+
+The server is started with the same interpreter (``python -m service serve``), so its pid is
+the server process itself and ``/proc/<pid>`` describes the server, not a wrapper.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ADMIN_TOKEN = "bench-admin-token"
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+class BenchServer:
+    """A running ``bnserve serve --models <models>``; a context manager that stops it.
+
+    ``models`` must be a private copy: recalibrations may write versions into it. ``env``
+    adds ``BNSERVE_*`` settings; the admin token is ``ADMIN_TOKEN``.
+    """
+
+    def __init__(
+        self, models: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 120.0
+    ) -> None:
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        environ = {**os.environ, "BNSERVE_ADMIN_TOKEN": ADMIN_TOKEN, "BNSERVE_LOG_LEVEL": "warning"}
+        environ.update(env or {})
+        # The child must import this same ``service`` package, from wherever it was started.
+        environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(_PACKAGE_ROOT), environ.get("PYTHONPATH")])
+        )
+        self.log = log
+        command = [sys.executable, "-m", "service", "serve", "--models", str(models)]
+        command += ["--host", self.host, "--port", str(self.port)]
+        with log.open("wb") as handle:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                command,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=environ,
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def get_status(self, path: str) -> int:
+        """The status code of ``GET path``."""
+        return _get_status(self.url + path)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.process.returncode}: {self.log.read_text()}"
+                )
+            try:
+                if self.get_status("/v2/health/ready") == 200:
+                    return
+            except OSError:
+                pass  # not listening yet
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready after {timeout} s: {self.log.read_text()}")
+
+    def memory_kb(self) -> dict[str, int]:
+        """``VmRSS`` and ``VmHWM`` (peak RSS) of the server process, in kB."""
+        values: dict[str, int] = {}
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
+            for line in status:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(rest.split()[0])
+        return values
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far (``/proc/<pid>/stat``)."""
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "BenchServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,10 @@
+"""The operator's HTTP client: ``bnserve recalibrate``, ``versions`` and ``activate``.
+
+Standard library only (``http.client``): no FastAPI, torch or onnxruntime, so it starts fast
+and runs on a machine without the serving stack's heavy dependencies.
+"""
+
+from service.client.commands import add_client_commands
+from service.client.transport import ClientError, Endpoint, UsageError
+
+__all__ = ["ClientError", "Endpoint", "UsageError", "add_client_commands"]

@@ -1,0 +1,56 @@
+"""Per-layer drift gauges for Prometheus, read from the monitors at scrape time.
+
+A custom collector (prometheus client_python "collector/custom"): every ``collect`` yields
+fresh ``GaugeMetricFamily`` values, so unloaded versions vanish and no gauge is ever stale.
+Labels are ``model``, ``version`` and ``layer`` only; per-channel detail stays in the JSON.
+Null scores (an empty window, no baseline yet, no reference data) are left out, not set to 0.
+"""
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.drift.monitor import DriftMonitor
+
+_LABELS = ["model", "version", "layer"]
+_GAUGES = (  # (metric name, help, how to read it from a layer entry of the snapshot)
+    ("bnserve_bn_drift", "BN input drift: RMS over channels of W2 / stored std", ("drift",)),
+    ("bnserve_bn_drift_mean_shift", "RMS standardized mean shift of BN inputs", ("mean_shift",)),
+    ("bnserve_bn_drift_log_var_ratio", "RMS log variance ratio of BN inputs", ("log_var_ratio",)),
+    (
+        "bnserve_bn_drift_window_samples",
+        "Decayed sample count of the drift window",
+        ("window_samples",),
+    ),
+    (
+        "bnserve_bn_drift_baseline",
+        "No-shift drift level at this window size",
+        ("baseline", "drift"),
+    ),
+)
+
+
+class DriftCollector(Collector):
+    """``source()`` yields ``(model, version, monitor)`` for every monitored loaded version."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, int, DriftMonitor]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        families = [GaugeMetricFamily(name, doc, labels=_LABELS) for name, doc, _ in _GAUGES]
+        for model, version, monitor in self._source():
+            for layer in monitor.snapshot(per_channel=False)["layers"]:
+                labels = [model, str(version), layer["name"]]
+                for family, (_, _, path) in zip(families, _GAUGES, strict=True):
+                    value = layer
+                    for key in path:
+                        value = None if value is None else value[key]
+                    if value is not None:
+                        family.add_metric(labels, float(value))
+        yield from families
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples, so registering never scrapes the monitors."""
+        for name, doc, _ in _GAUGES:
+            yield GaugeMetricFamily(name, doc, labels=_LABELS)

@@ -1,0 +1,321 @@
+"""Drift monitoring of one served model version: sampled taps off the request path.
+
+``observe`` runs on the event loop after every served batch. It only counts and decides, in
+O(1): a batch is tapped when no tap of this monitor is pending or running and the budget
+allows it, ``tap_seconds + estimate <= max_overhead * serve_seconds``, where ``serve_seconds``
+is the serving compute passed to ``observe`` and ``estimate`` is the batch size times the last
+measured tap time per sample (before any tap, the batch's own serving time: a tapped forward
+costs at least a forward). Model loads and the baseline are one-off costs, kept out of the
+budget. With ``max_overhead >= 1`` every batch is tapped, in order (an unbounded queue: for
+tests and reference comparisons, not for production traffic).
+
+Taps run on ``executor`` (a drift thread shared by models): the tapped forward (created
+lazily there by ``taps_factory``, as it loads a model), per-sample moments pooled per layer,
+then merged into the layer windows (``window.LayerWindow``) under a short lock. The baseline
+(``baseline.compute_baseline``) is computed once on the executor when the monitor starts.
+``snapshot`` copies the immutable windows under the lock and scores them outside it. Errors
+in the background are logged and counted (``errors``), never raised into the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.backends.base import Arrays, NormLayer
+from service.drift.baseline import LayerBaseline, PerSampleMoments, compute_baseline
+from service.drift.baseline import reference_size as _reference_size
+from service.drift.report import layer_report
+from service.drift.window import LayerWindow
+from service.stats.moments import Moments
+
+log = logging.getLogger(__name__)
+
+
+class SampledLayer(PerSampleMoments, Protocol):
+    def pooled(self) -> Moments: ...
+
+
+class Taps(Protocol):
+    """What the monitor needs of ``service.backends.taps.TappedForward``."""
+
+    def sample_moments(self, inputs: Arrays) -> Mapping[str, SampledLayer]: ...
+
+
+class _Closed(Exception):
+    """The monitor was closed while a background job ran."""
+
+
+@dataclass(frozen=True)
+class _Batch:
+    generation: int  # taps of batches observed before a reset are dropped
+    inputs: Arrays
+    size: int
+
+
+class DriftMonitor:
+    """Per served model version; thread-safe. ``inputs`` given to ``observe`` are kept until
+    tapped and must not be modified by the caller afterwards."""
+
+    def __init__(
+        self,
+        layers: tuple[NormLayer, ...],
+        taps_factory: Callable[[], Taps],
+        executor: Executor,
+        half_life: float,
+        max_overhead: float = 0.03,
+        reference: Arrays | None = None,
+        max_batch_size: int = 64,
+        *,
+        reference_label: str = "reference.npy",
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if not half_life > 0.0 or not max_overhead > 0.0 or max_batch_size < 1:
+            raise ValueError("half_life, max_overhead and max_batch_size must be positive")
+        self.half_life = float(half_life)
+        self.max_overhead = float(max_overhead)
+        self.layers = tuple(layer for layer in layers if not layer.batch_independent)
+        self._factory = taps_factory
+        self._executor = executor
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._taps_lock = threading.Lock()  # one forward at a time; guards lazy creation
+        self._taps: Taps | None = None
+        self._disabled = False  # the tapped forward could not be created
+        self._closed = False
+        self._queue: deque[_Batch] = deque()
+        self._draining = False  # a drain job is submitted: the "pending tap"
+        self._outstanding = 0  # submitted jobs not finished
+        self._generation = 0
+        self._windows = {layer.name: LayerWindow.empty(layer.channels) for layer in self.layers}
+        self._baseline: dict[str, LayerBaseline] | None = None
+        self._baseline_label: str | None = None
+        self._batches_seen = self._batches_tapped = self._samples_seen = self._samples_tapped = 0
+        self._serve_seconds = self._tap_seconds = 0.0
+        self._tap_per_sample: float | None = None
+        self._errors = 0
+        if reference is not None and self.layers:
+            self._baseline_label = f"{reference_label} ({_reference_size(reference)} samples)"
+            self._outstanding = 1
+            executor.submit(self._run_baseline, reference, max_batch_size)
+
+    # -- request path -------------------------------------------------------------------------
+
+    def observe(self, inputs: Arrays, batch_size: int, compute_seconds: float) -> None:
+        """Account a served batch and maybe queue it for a tap. O(1); never raises."""
+        try:
+            with self._lock:
+                self._batches_seen += 1
+                self._samples_seen += batch_size
+                self._serve_seconds += compute_seconds
+                if (
+                    self._closed
+                    or self._disabled
+                    or not self._should_tap(batch_size, compute_seconds)
+                ):
+                    return
+                self._queue.append(_Batch(self._generation, inputs, batch_size))
+                if self._draining:
+                    return
+                self._draining = True
+                self._outstanding += 1
+            self._submit_drain()
+        except Exception:
+            self._error("observe")
+
+    def _should_tap(self, batch_size: int, compute_seconds: float) -> bool:
+        if self.max_overhead >= 1.0:
+            return True
+        if self._draining:
+            return False
+        per_sample = self._tap_per_sample
+        if per_sample is None:
+            per_sample = compute_seconds / max(batch_size, 1)
+        estimate = per_sample * batch_size
+        return self._tap_seconds + estimate <= self.max_overhead * self._serve_seconds
+
+    def _submit_drain(self) -> None:
+        try:
+            self._executor.submit(self._drain)
+        except BaseException:
+            with self._lock:
+                self._queue.clear()
+                self._draining = False
+                self._job_done_locked()
+            raise
+
+    # -- background -----------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        """Tap queued batches in order until the queue is empty."""
+        try:
+            while True:
+                with self._lock:
+                    if self._closed or not self._queue:
+                        self._draining = False
+                        return
+                    batch = self._queue.popleft()
+                try:
+                    self._tap(batch)
+                except _Closed:
+                    return
+                except Exception:
+                    self._error("tap")
+        finally:
+            with self._lock:
+                self._draining = False
+                self._job_done_locked()
+            self._release_if_closed()
+
+    def _tap(self, batch: _Batch) -> None:
+        taps = self._ensure_taps()
+        with self._taps_lock:
+            start = self._clock()
+            try:
+                sampled = taps.sample_moments(batch.inputs)
+                pooled = {name: sampled[name].pooled() for name in self._windows if name in sampled}
+            finally:
+                elapsed = self._clock() - start
+                with self._lock:
+                    self._tap_seconds += elapsed
+                    self._tap_per_sample = elapsed / max(batch.size, 1)
+        for name, moments in pooled.items():
+            if moments.channels != self._windows[name].moments.channels:
+                raise ValueError(f"layer {name}: tapped {moments.channels} channels")
+            if not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
+                raise ValueError(f"layer {name}: non-finite input; batch not merged")
+        with self._lock:
+            if self._closed or batch.generation != self._generation:
+                return
+            for name, moments in pooled.items():
+                self._windows[name] = self._windows[name].add(moments, batch.size, self.half_life)
+            self._batches_tapped += 1
+            self._samples_tapped += batch.size
+
+    def _ensure_taps(self) -> Taps:
+        with self._taps_lock:
+            if self._closed:
+                raise _Closed
+            if self._taps is None:
+                try:
+                    self._taps = self._factory()
+                except Exception:
+                    with self._lock:
+                        self._disabled = True
+                        self._baseline_label = None
+                    raise
+            return self._taps
+
+    def _run_baseline(self, reference: Arrays, chunk: int) -> None:
+        try:
+            taps = self._ensure_taps()
+
+            def sample(inputs: Arrays) -> Mapping[str, SampledLayer]:
+                with self._taps_lock:
+                    if self._closed:
+                        raise _Closed
+                    return taps.sample_moments(inputs)
+
+            baseline = compute_baseline(sample, self.layers, reference, chunk)
+            with self._lock:
+                self._baseline = baseline
+        except _Closed:
+            pass
+        except Exception:
+            with self._lock:
+                self._baseline_label = None
+            self._error("baseline")
+        finally:
+            with self._lock:
+                self._job_done_locked()
+            self._release_if_closed()
+
+    def _job_done_locked(self) -> None:
+        self._outstanding -= 1
+        self._idle.notify_all()
+
+    def _release_if_closed(self) -> None:
+        if self._closed and self._taps_lock.acquire(blocking=False):
+            self._taps = None
+            self._taps_lock.release()
+
+    def _error(self, where: str) -> None:
+        with self._lock:
+            self._errors += 1
+            count = self._errors
+        if count & (count - 1) == 0:  # 1st, 2nd, 4th, ...: visible, never a flood
+            log.exception("drift %s failed (%d errors so far)", where, count)
+
+    # -- readers and admin ----------------------------------------------------------------------
+
+    def snapshot(self, per_channel: bool = True) -> dict[str, Any]:
+        """The drift JSON body (design doc), without ``name``/``version``; NaN-free."""
+        with self._lock:
+            windows = dict(self._windows)
+            baseline = self._baseline
+            head: dict[str, Any] = {
+                "half_life": self.half_life,
+                "max_overhead": self.max_overhead,
+                "batches_seen": self._batches_seen,
+                "batches_tapped": self._batches_tapped,
+                "samples_seen": self._samples_seen,
+                "samples_tapped": self._samples_tapped,
+                "baseline": self._baseline_label,
+            }
+        head["layers"] = [
+            layer_report(
+                layer,
+                windows[layer.name],
+                None if baseline is None else baseline.get(layer.name),
+                per_channel,
+            )
+            for layer in self.layers
+        ]
+        return head
+
+    def reset(self) -> None:
+        """Restart every window (admin drift reset); queued and running taps are dropped."""
+        with self._lock:
+            self._generation += 1
+            self._queue.clear()
+            self._windows = {
+                name: LayerWindow.empty(w.moments.channels) for name, w in self._windows.items()
+            }
+
+    def flush(self, timeout: float) -> None:
+        """Wait until every submitted job (taps, baseline) has finished; ``TimeoutError`` if not
+        within ``timeout`` seconds."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._outstanding == 0, timeout):
+                raise TimeoutError(f"drift jobs still running after {timeout} s")
+
+    def close(self) -> None:
+        """Stop tapping and drop the tapped forward; does not wait for a running job."""
+        with self._lock:
+            self._closed = True
+            self._queue.clear()
+        self._release_if_closed()
+
+    @property
+    def serve_seconds_total(self) -> float:
+        with self._lock:
+            return self._serve_seconds
+
+    @property
+    def tap_seconds_total(self) -> float:
+        with self._lock:
+            return self._tap_seconds
+
+    @property
+    def errors(self) -> int:
+        with self._lock:
+            return self._errors
