@@ -1,4 +1,5 @@
-"""The ``bnserve`` command line: serve, inspect, build-examples, recalibrate, versions, activate."""
+"""The ``bnserve`` command line: serve, inspect, build-examples, bench, recalibrate, versions,
+activate."""
 
 import argparse
 import logging
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from service.bench.__main__ import add_arguments as add_bench_arguments
 from service.client import add_client_commands
 from service.errors import ServiceError
 
@@ -58,6 +60,12 @@ def _build_examples(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from service.bench.__main__ import run
+
+    return run(args)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build-examples", help="train and export the example models")
     build.add_argument("--out", default="models", help="model repository to write (default models)")
     build.set_defaults(run=_build_examples)
+
+    bench = commands.add_parser("bench", help="run the benchmark suite (python -m service.bench)")
+    add_bench_arguments(bench)
+    bench.set_defaults(run=_bench)
 
     add_client_commands(commands)
     return parser

@@ -8,6 +8,7 @@ that long for a fuller batch. One future per request; results are sliced back by
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from service.backends.base import Arrays
 from service.errors import Overloaded
 
 Predict = Callable[[Arrays], Arrays]
+Observer = Callable[[Arrays, int, float], None]
+"""Told ``(inputs, samples, compute seconds)`` after every successful model call."""
 
 
 @dataclass
@@ -48,6 +51,7 @@ class DynamicBatcher:
         max_delay_ms: float = 0.0,
         enabled: bool = True,
         on_batch: Callable[[int], None] | None = None,
+        on_served: Observer | None = None,
     ) -> None:
         self._predict = predict
         self._executor = executor
@@ -56,6 +60,7 @@ class DynamicBatcher:
         self._delay = max_delay_ms / 1000.0 if enabled else 0.0
         self._enabled = enabled
         self._on_batch = on_batch
+        self._on_served = on_served
         self._queue: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -106,20 +111,28 @@ class DynamicBatcher:
                 continue
             if self._on_batch is not None:
                 self._on_batch(sum(it.size for it in items))
+            inputs = _concat(items)
             try:
-                outputs = await loop.run_in_executor(self._executor, self._predict, _concat(items))
+                outputs, seconds = await loop.run_in_executor(self._executor, self._timed, inputs)
             except Exception as exc:
                 if len(items) == 1:
                     items[0].future.set_exception(exc)
                 else:
                     await self._run_alone(items)
                 continue
+            if self._on_served is not None:
+                self._on_served(inputs, sum(it.size for it in items), seconds)
             offset = 0
             for item in items:
                 if not item.future.done():
                     rows = slice(offset, offset + item.size)
                     item.future.set_result({k: v[rows] for k, v in outputs.items()})
                 offset += item.size
+
+    def _timed(self, inputs: Arrays) -> tuple[Arrays, float]:
+        started = time.perf_counter()
+        outputs = self._predict(inputs)
+        return outputs, time.perf_counter() - started
 
     async def _run_alone(self, items: list[_Pending]) -> None:
         """A batch failed: run its requests one by one so one bad request fails only itself."""

@@ -15,6 +15,8 @@ from service.backends.base import Arrays, Backend
 from service.backends.loader import load_backend
 from service.batching import DynamicBatcher
 from service.config import ModelConfig
+from service.drift.factory import make_monitor
+from service.drift.monitor import DriftMonitor
 from service.errors import ModelNotFound, ModelNotReady
 from service.repository import ModelRepository
 
@@ -34,6 +36,7 @@ class LoadedModel:
     backend: Backend
     executor: ThreadPoolExecutor = field(repr=False)
     batcher: DynamicBatcher = field(repr=False)
+    drift: DriftMonitor | None = field(default=None, repr=False)
 
     async def infer(self, inputs: Arrays, batch_size: int) -> Arrays:
         return await self.batcher.submit(inputs, batch_size)
@@ -41,6 +44,8 @@ class LoadedModel:
     async def close(self) -> None:
         await self.batcher.close()
         self.executor.shutdown(wait=False)
+        if self.drift is not None:
+            self.drift.close()
 
 
 @dataclass
@@ -63,6 +68,8 @@ class ModelRegistry:
         self.repository = repository
         self._threads = threads
         self._batch_observer = batch_observer
+        # One thread for every model's drift taps: off the request path, and bounded in cost.
+        self._drift_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift")
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -74,6 +81,14 @@ class ModelRegistry:
         return [
             (name, entry.serving.version, entry.serving.batcher.queue_depth)
             for name, entry in sorted(self._entries.items())
+        ]
+
+    def drift_monitors(self) -> list[tuple[str, int, DriftMonitor]]:
+        """``(model, serving version, monitor)`` for every loaded model with drift monitoring."""
+        return [
+            (name, entry.serving.version, entry.serving.drift)
+            for name, entry in sorted(self._entries.items())
+            if entry.serving.drift is not None
         ]
 
     def is_loaded(self, name: str) -> bool:
@@ -158,10 +173,14 @@ class ModelRegistry:
     async def close(self) -> None:
         for name in list(self._entries):
             await self._close_entry(self._entries.pop(name))
+        self._drift_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _load_version(self, name: str, config: ModelConfig, version: int) -> LoadedModel:
         path = self.repository.version_dir(name, version)
         backend = await asyncio.to_thread(load_backend, path, config, self._threads)
+        drift = await asyncio.to_thread(
+            make_monitor, config, path, backend.layers, self._drift_executor, self._threads
+        )
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}-{version}")
         batcher = DynamicBatcher(
             backend.predict,
@@ -171,8 +190,9 @@ class ModelRegistry:
             max_delay_ms=config.batching.max_delay_ms,
             enabled=config.batching.enabled,
             on_batch=None if self._batch_observer is None else self._batch_observer(name),
+            on_served=None if drift is None else drift.observe,
         )
-        return LoadedModel(name, version, config, backend, executor, batcher)
+        return LoadedModel(name, version, config, backend, executor, batcher, drift)
 
     @staticmethod
     async def _close_entry(entry: _Entry) -> None:

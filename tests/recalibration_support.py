@@ -9,11 +9,13 @@ update for ``ema``, and float64 numpy over the recorded BatchNorm inputs for ``p
 import copy
 import hashlib
 import io
-from collections.abc import AsyncIterator, Iterable, Iterator
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -68,7 +70,8 @@ def query_string(**query: object) -> str:
 
 def recalibrate(
     client: TestClient, model: str, body: bytes, media: str | None = NPY, **query: object
-) -> httpx.Response:
+) -> Any:
+    """``POST .../recalibrate`` with the admin token; the test client's response."""
     headers = dict(ADMIN) | ({"Content-Type": media} if media else {})
     return client.post(
         f"/v2/models/{model}/recalibrate{query_string(**query)}", content=body, headers=headers
@@ -81,7 +84,7 @@ def post_chunks(
     chunks: Iterable[bytes],
     headers: dict[str, str],
     delay: float = 0.0,
-    on_chunk: Any = None,
+    on_chunk: Callable[[int], object] | None = None,
 ) -> httpx.Response:
     """POST ``chunks`` as separate ASGI body messages, on the test client's own event loop.
 
@@ -91,7 +94,6 @@ def post_chunks(
     ``on_chunk(i)`` is called before chunk ``i`` is sent; ``delay`` seconds pass between chunks
     (awaited, so the loop keeps serving other requests).
     """
-    import anyio
 
     async def body() -> AsyncIterator[bytes]:
         for index, chunk in enumerate(chunks):
@@ -113,7 +115,7 @@ def post_chunks(
 def split_at(body: bytes, cuts: Iterable[int]) -> list[bytes]:
     """``body`` cut at the given offsets (any order, duplicates give empty chunks)."""
     points = [0, *sorted(cuts), len(body)]
-    return [body[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [body[a:b] for a, b in itertools.pairwise(points)]
 
 
 def served_logits(client: TestClient, model: str, x: F32, version: int | None = None) -> F32:
@@ -146,7 +148,10 @@ def file_statistics(version_dir: Path) -> Stats:
         graph = onnx.load(str(version_dir / "model.onnx")).graph
         inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         return {
-            node.input[3].removesuffix(".running_mean"): (inits[node.input[3]], inits[node.input[4]])
+            node.input[3].removesuffix(".running_mean"): (
+                inits[node.input[3]],
+                inits[node.input[4]],
+            )
             for node in graph.node
             if node.op_type == "BatchNormalization"
         }

@@ -14,6 +14,7 @@ from tests.helpers import assert_rel_close, reference_module
 from tests.recalibration_support import (
     ADMIN,
     F32,
+    NPY,
     Stats,
     assert_stats_close,
     ema_reference,
@@ -63,7 +64,7 @@ def model_repo(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
 def new_version(client: TestClient, repo: Path, model: str, x: F32, **query: object) -> Stats:
     """Recalibrate ``model`` (not activated) and return version 2's statistics, after checking
     that ``GET .../versions/2/stats`` serves exactly what the file holds."""
-    response = recalibrate(client, model, npy_body(x), activate=False, **query)
+    response = recalibrate(client, model, npy_body(x), NPY, activate=False, **query)
     assert response.status_code == 200, response.text
     assert response.json()["version"] == "2"
     stored = file_statistics(repo / model / "2")
@@ -121,7 +122,9 @@ def test_prior_mixes_source_and_target_by_sample_count(
     target, source = reference(module, x, batch), module_statistics(module)
     w = prior / (prior + n)
     expected = {
-        name: tuple(w * s.astype(np.float64) + (1 - w) * t for s, t in zip(source[name], stats))
+        name: tuple(
+            w * s.astype(np.float64) + (1 - w) * t for s, t in zip(source[name], stats, strict=True)
+        )
         for name, stats in target.items()
     }
     assert_stats_close(got, expected, RTOL, ATOL)  # type: ignore[arg-type]
@@ -259,3 +262,22 @@ def test_activating_a_missing_or_invalid_version_is_refused(
     invalid = client.post("/v2/models/digits/versions/..%2F1/activate", headers=ADMIN)
     assert invalid.status_code in (400, 404)
     assert tree_snapshot(model_repo) == before
+
+
+def test_recalibrating_a_non_serving_version_starts_from_its_statistics(
+    client: TestClient, model_repo: Path
+) -> None:
+    """``/versions/1/recalibrate`` while version 2 serves: ``ema`` starts from version 1."""
+    x = shifted("digits")
+    assert recalibrate(client, "digits", npy_body(x), mode="population").status_code == 200
+    assert (model_repo / "digits" / "active").read_text().strip() == "2"
+    response = client.post(
+        "/v2/models/digits/versions/1/recalibrate?mode=ema&momentum=0.2&activate=false",
+        content=npy_body(x[:256]),
+        headers=ADMIN | {"Content-Type": NPY},
+    )
+    assert response.status_code == 200, response.text
+    assert (response.json()["source_version"], response.json()["version"]) == ("1", "3")
+    expected = ema_reference(reference_module("digits"), x[:256], 64, 0.2)
+    assert_stats_close(file_statistics(model_repo / "digits" / "3"), expected, RTOL, ATOL)
+    assert (model_repo / "digits" / "active").read_text().strip() == "2"

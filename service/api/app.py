@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import metrics, models, recalibration, repository, v2
+from service.api import drift, metrics, models, recalibration, repository, v2
 from service.api.context import ServiceContext
 from service.api.errors import install_error_handlers
+from service.drift.collector import DriftCollector
 from service.metrics import ServiceMetrics, StateCollector
 from service.recalibration.runner import Recalibrator
 from service.registry import ModelRegistry
@@ -46,6 +47,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             batch_observer=lambda model: service_metrics.batch_size.labels(model).observe,
         )
         service_metrics.add_collector(StateCollector(registry.model_states))
+        service_metrics.add_collector(DriftCollector(registry.drift_monitors))
         recalibrator = Recalibrator(
             repo,
             registry,
@@ -80,4 +82,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(repository.router)
     app.include_router(recalibration.router)
     app.include_router(metrics.router)
+    app.include_router(drift.router)
     return app

@@ -4,14 +4,15 @@ A copy of the graph is rewritten once: every ``BatchNormalization`` stays as it 
 mode, stored statistics) and its input ``X`` of shape ``(N, C, *spatial)`` also feeds side
 reductions over the spatial axes, added as graph outputs::
 
-    mean   = ReduceMean(X, spatial, keepdims=1)                    (N, C, 1, ...)
-    square = ReduceMean((X - mean)**2, spatial, keepdims=1)         centred: float32 suffices
-    size   = Size(X)                                                positions = size / (N * C)
+    mean = ReduceMean(X, spatial, keepdims=1)            (N, C, 1, ...)
+    m2   = ReduceSumSquare(X - mean, spatial, keepdims=1)  centred: float32 suffices
+    size = Size(X)                                         positions = size / (N * C)
 
-so that ``m2 = square * positions`` on the host, in float64. A rank-2 input (BatchNorm1d
-after Gemm) is its own per-sample mean with ``m2 = 0``: only ``Identity(X)`` is added. When
-shape inference cannot tell the rank, ``X`` is reshaped to ``(N, C, -1)`` first, which is
-right for any rank. Float16/bfloat16 inputs are reduced in float32.
+converted to float64 on the host. A rank-2 input (BatchNorm1d after Gemm) is its own
+per-sample mean with ``m2 = 0``: only ``Identity(X)`` is added. When shape inference cannot
+tell the rank, ``X`` is reshaped to ``(N, C, -1)`` first, which is right for any rank.
+Float16/bfloat16 inputs are reduced in float32. Constants are ``Constant`` nodes, which
+any IR version accepts (initializers had to be graph inputs too before IR 4).
 
 The session uses the serving options (``ORT_ENABLE_ALL``). A Conv whose output also feeds
 the reductions is not fused with its BatchNorm (the fusion needs a single consumer), which
@@ -37,17 +38,17 @@ from service.backends.onnx_graph import default_opset, fresh_name, used_names
 from service.backends.taps import SampleMoments
 from service.errors import ConfigError, InvalidInput
 
-_AXES_AS_INPUT_OPSET = 18  # ReduceMean takes its axes as an input from here on
+_AXES_AS_INPUT_OPSET = 18  # ReduceMean and ReduceSumSquare take their axes as an input
 _WIDENED = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 
 @dataclass(frozen=True)
 class _Tap:
-    """The copy's outputs for one layer: ``square`` and ``size`` are ``None`` for a rank-2
+    """The copy's outputs for one layer: ``m2`` and ``size`` are ``None`` for a rank-2
     input, whose ``mean`` output is the input itself."""
 
     mean: str
-    square: str | None
+    m2: str | None
     size: str | None
 
 
@@ -63,7 +64,7 @@ class OnnxTaps:
         self._outputs = [
             name
             for tap in taps.values()
-            for name in (tap.mean, tap.square, tap.size)
+            for name in (tap.mean, tap.m2, tap.size)
             if name is not None
         ]
 
@@ -80,12 +81,12 @@ def _sample_moments(tap: _Tap, values: dict[str, npt.NDArray[Any]]) -> SampleMom
     raw = values[tap.mean]
     samples, channels = int(raw.shape[0]), int(raw.shape[1])
     mean = raw.reshape(samples, channels).astype(np.float64)
-    if tap.square is None or tap.size is None:
+    if tap.m2 is None or tap.size is None:
         return SampleMoments(1, mean, np.zeros_like(mean))
     instances = samples * channels
     positions = int(values[tap.size]) // instances if instances else 1
-    square = values[tap.square].reshape(samples, channels).astype(np.float64)
-    return SampleMoments(positions, mean, square * positions)
+    m2 = values[tap.m2].reshape(samples, channels).astype(np.float64)
+    return SampleMoments(positions, mean, m2)
 
 
 def onnx_taps(path: Path, threads: int = 0) -> OnnxTaps:
@@ -102,7 +103,7 @@ def onnx_taps(path: Path, threads: int = 0) -> OnnxTaps:
         if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
     ]
     if len(set(names)) != len(names) or len(nodes) != len(names):
-        raise ConfigError(f"{path}: BatchNormalization layer names are not unique: {names}")
+        raise ConfigError(f"{path}: cannot name the BatchNormalization nodes uniquely: {names}")
     builder = _TapBuilder(model)
     taps = {name: builder.tap(node.input[0], name) for name, node in zip(names, nodes, strict=True)}
     builder.finish(taps.values())
@@ -138,30 +139,29 @@ class _TapBuilder:
         size = self._op("Size", [x], self._fresh(f"{stem}/size"))
         if self._types.get(x) in _WIDENED:
             x = self._op("Cast", [x], self._fresh(f"{stem}/float"), to=onnx.TensorProto.FLOAT)
-        if rank is None or rank < 2:  # unknown rank: (N, C, -1) fits them all
+        if rank is None:  # (N, C, -1) fits every rank
             shape = self._constant(np.array([0, 0, -1], np.int64), f"{stem}/ncl")
             x, rank = self._op("Reshape", [x, shape], self._fresh(f"{stem}/ncl_x")), 3
         axes = list(range(2, rank))
-        mean = self._reduce_mean(x, axes, self._fresh(f"{stem}/mean"))
+        mean = self._reduce("ReduceMean", x, axes, self._fresh(f"{stem}/mean"))
         centred = self._op("Sub", [x, mean], self._fresh(f"{stem}/centred"))
-        squared = self._op("Mul", [centred, centred], self._fresh(f"{stem}/squared"))
-        square = self._reduce_mean(squared, axes, self._fresh(f"{stem}/square"))
-        return _Tap(mean, square, size)
+        m2 = self._reduce("ReduceSumSquare", centred, axes, self._fresh(f"{stem}/m2"))
+        return _Tap(mean, m2, size)
 
     def finish(self, taps: Iterable[_Tap]) -> None:
         """Append the new nodes; make the taps the only graph outputs."""
         self._graph.node.extend(self._nodes)
         del self._graph.output[:]
         for tap in taps:
-            for name in (tap.mean, tap.square, tap.size):
+            for name in (tap.mean, tap.m2, tap.size):
                 if name is not None:
                     self._graph.output.append(helper.make_empty_tensor_value_info(name))
 
-    def _reduce_mean(self, x: str, axes: list[int], output: str) -> str:
+    def _reduce(self, kind: str, x: str, axes: list[int], output: str) -> str:
         if self._opset >= _AXES_AS_INPUT_OPSET:
             name = self._constant(np.array(axes, np.int64), f"{output}_axes")
-            return self._op("ReduceMean", [x, name], output, keepdims=1)
-        return self._op("ReduceMean", [x], output, axes=axes, keepdims=1)
+            return self._op(kind, [x, name], output, keepdims=1)
+        return self._op(kind, [x], output, axes=axes, keepdims=1)
 
     def _op(self, kind: str, inputs: list[str], output: str, **attributes: Any) -> str:
         node = helper.make_node(kind, inputs, [output], name=self._fresh(output), **attributes)
@@ -170,8 +170,7 @@ class _TapBuilder:
 
     def _constant(self, value: npt.NDArray[np.int64], stem: str) -> str:
         name = self._fresh(stem)
-        self._graph.initializer.append(numpy_helper.from_array(value, name))
-        return name
+        return self._op("Constant", [], name, value=numpy_helper.from_array(value, name))
 
     def _fresh(self, stem: str) -> str:
         return fresh_name(stem, self._used)

@@ -7,6 +7,7 @@ service sets the process-wide count once at start-up (``torch.set_num_threads``)
 """
 
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +83,15 @@ def _wrappable(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return np.array(array, order="C")
 
 
+SERIALIZATION_LOCK = threading.Lock()
+"""torch.export's (de)serializer keeps process-wide state: one load or save at a time."""
+
+
 def load_program(path: Path) -> ExportedProgram:
-    """Load a ``.pt2`` file; ``ConfigError`` naming it on failure."""
+    """Load a ``.pt2`` file; ``ConfigError`` naming it on failure. Thread-safe."""
     try:
-        return torch.export.load(path)
+        with SERIALIZATION_LOCK:
+            return torch.export.load(path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except Exception as exc:  # torch raises many types for a file that is not a program

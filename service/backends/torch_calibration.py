@@ -33,7 +33,7 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 
 from service.backends.calibration import Statistics, checked_statistics, select_layers
-from service.backends.torch_backend import load_program, torch_layers
+from service.backends.torch_backend import SERIALIZATION_LOCK, load_program, torch_layers
 from service.errors import ConfigError, InvalidInput
 from service.stats.moments import Moments
 
@@ -240,7 +240,8 @@ def write_torch_statistics(src: Path, dest: Path, stats: Statistics) -> None:
                 tensor = _stored(program, key, src)
                 tensor.copy_(torch.from_numpy(values).reshape(tensor.shape))
                 expected[key] = tensor.clone()
-    torch.export.save(program, dest)
+    with SERIALIZATION_LOCK:
+        torch.export.save(program, dest)
     saved = load_program(dest)
     for key, tensor in expected.items():
         if not torch.equal(_stored(saved, key, dest), tensor):

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.bench.cpu import CpuSnapshot
 from service.bench.loadgen import LoadProcess, LoadResult, LoadSpec
 from service.bench.models import ResNet18, build_resnet, export_resnet
 from service.bench.server import BenchServer
@@ -23,13 +24,16 @@ class Measured:
     result: LoadResult
     server_cpu: float
     client_cpu: float
+    other_cpu: float
+    """Cores used meanwhile by processes that are not part of the benchmark."""
 
     def summary(self) -> str:
         other = sum(n for code, n in self.result.statuses.items() if code != 200)
         return (
             f"p50 {self.result.percentile_ms(50):.3g} ms, p99 {self.result.percentile_ms(99):.3g}"
             f" ms, {self.result.count} responses, {other} non-200, {self.result.errors} errors;"
-            f" CPU: server {self.server_cpu:.0%}, load generator {self.client_cpu:.0%}"
+            f" CPU: server {self.server_cpu:.0%}, load generator {self.client_cpu:.0%},"
+            f" other processes {self.other_cpu:.0%}"
         )
 
 
@@ -75,8 +79,11 @@ class Bench:
     ) -> Measured:
         """Run ``connections`` closed-loop clients for ``seconds`` (after a warm-up)."""
         spec = LoadSpec(server.host, server.port, request, connections, seconds, WARMUP_SECONDS)
-        cpu_before = server.cpu_seconds()
+        live = (server.pid, self.load.pid)
+        cpu_before, start = server.cpu_seconds(), CpuSnapshot.take(live)
         result = self.load.run(spec)
+        end = CpuSnapshot.take(live)
         server_cpu = server.cpu_seconds() - cpu_before
         wall = result.wall_seconds or (seconds + WARMUP_SECONDS)
-        return Measured(result, server_cpu / wall, result.cpu_seconds / wall)
+        others = end.others_since(start)
+        return Measured(result, server_cpu / wall, result.cpu_seconds / wall, others)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -94,8 +95,10 @@ def format_text(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(rows: list[Row], machine: dict[str, str], seconds: float) -> str:
-    """The table as GitHub Markdown, with the machine description above it."""
+def format_markdown(
+    rows: list[Row], machine: dict[str, str], seconds: float, footer: Sequence[str] = ()
+) -> str:
+    """The table as GitHub Markdown, the machine description above it, ``footer`` below."""
     described = ", ".join(f"{key} {value}" for key, value in machine.items())
     lines = [f"Machine: {described}. Suite run time: {seconds:.0f} s.", ""]
     lines.append("| " + " | ".join(HEADINGS) + " |")
@@ -103,10 +106,14 @@ def format_markdown(rows: list[Row], machine: dict[str, str], seconds: float) ->
     for row in rows:
         cells = [cell.replace("|", "\\|") for cell in _cells(row)]
         lines.append("| " + " | ".join(cells) + " |")
+    if footer:
+        lines += ["", *footer]
     return "\n".join(lines) + "\n"
 
 
-def to_json(rows: list[Row], machine: dict[str, str], seconds: float) -> str:
+def to_json(
+    rows: list[Row], machine: dict[str, str], seconds: float, footer: Sequence[str] = ()
+) -> str:
     def clean(value: Any) -> Any:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
@@ -115,7 +122,12 @@ def to_json(rows: list[Row], machine: dict[str, str], seconds: float) -> str:
         values["target"] = None if row.target is None else str(row.target)
         return {**values, "ratio": clean(row.ratio), "met": row.met}
 
-    document = {"machine": machine, "seconds": seconds, "rows": [row_dict(r) for r in rows]}
+    document = {
+        "machine": machine,
+        "seconds": seconds,
+        "rows": [row_dict(r) for r in rows],
+        "notes": list(footer),
+    }
     return json.dumps(document, indent=2, allow_nan=False, default=str) + "\n"
 
 

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from service.bench.cpu import process_cpu_seconds
+
 ADMIN_TOKEN = "bench-admin-token"
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -106,11 +108,8 @@ class BenchServer:
         return values
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time the server process has used so far (``/proc/<pid>/stat``)."""
-        with open(f"/proc/{self.pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        """User + system CPU time the server process has used so far."""
+        return process_cpu_seconds(self.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:

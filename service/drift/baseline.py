@@ -25,12 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from service.backends.base import Arrays, NormLayer
+from service.backends.taps import SampleMoments
 from service.stats.drift import channel_drift
 from service.stats.moments import Vector
 
@@ -41,18 +41,7 @@ SEED = 0
 _TINY = np.finfo(np.float64).tiny  # log of an exact-zero score stays finite
 
 
-class PerSampleMoments(Protocol):
-    """What the baseline needs of ``service.backends.taps.SampleMoments``."""
-
-    @property
-    def positions(self) -> int: ...
-    @property
-    def mean(self) -> npt.NDArray[np.float64]: ...
-    @property
-    def m2(self) -> npt.NDArray[np.float64]: ...
-
-
-SampleFn = Callable[[Arrays], Mapping[str, PerSampleMoments]]
+SampleFn = Callable[[Arrays], Mapping[str, SampleMoments]]  # a tapped forward
 
 
 @dataclass(frozen=True)
@@ -78,7 +67,7 @@ class LayerBaseline:
 
 
 @dataclass(frozen=True)
-class _Reference:
+class ReferenceSamples:
     """One layer's reference samples in the bootstrap's stacked form ``(N, 2C)``."""
 
     layer: NormLayer
@@ -87,10 +76,11 @@ class _Reference:
     stacked: npt.NDArray[np.float64]  # [d_i | M2_i + P d_i**2]
 
     @classmethod
-    def build(cls, layer: NormLayer, positions: int, mean: Vector, m2: Vector) -> _Reference:
-        centre = mean.mean(axis=0)
-        d = mean - centre
-        return cls(layer, positions, centre, np.concatenate([d, m2 + positions * d * d], axis=1))
+    def build(cls, layer: NormLayer, samples: SampleMoments) -> ReferenceSamples:
+        centre = samples.mean.mean(axis=0)
+        d = samples.mean - centre
+        stacked = np.concatenate([d, samples.m2 + samples.positions * d * d], axis=1)
+        return cls(layer, samples.positions, centre, stacked)
 
     def scores(self, counts: npt.NDArray[np.float64], n: int) -> dict[str, float]:
         """Mean scores over the draws ``counts`` (``(draws, N)``, each row summing to ``n``)."""
@@ -124,23 +114,15 @@ def reference_size(reference: Arrays) -> int:
 
 def _per_sample(
     sample: SampleFn, layers: tuple[NormLayer, ...], reference: Arrays, chunk: int
-) -> dict[str, tuple[int, Vector, Vector]]:
-    """``(positions, mean (N, C), m2 (N, C))`` of every layer over the reference, in chunks."""
-    parts: dict[str, list[PerSampleMoments]] = {layer.name: [] for layer in layers}
+) -> dict[str, SampleMoments]:
+    """The per-sample moments of every layer over the whole reference, tapped in chunks."""
+    parts: dict[str, list[SampleMoments]] = {layer.name: [] for layer in layers}
     for start in range(0, reference_size(reference), chunk):
         batch = {name: array[start : start + chunk] for name, array in reference.items()}
         for name, moments in sample(batch).items():
             if name in parts:
                 parts[name].append(moments)
-    return {
-        name: (
-            got[0].positions,
-            np.concatenate([np.asarray(m.mean, np.float64) for m in got]),
-            np.concatenate([np.asarray(m.m2, np.float64) for m in got]),
-        )
-        for name, got in parts.items()
-        if got
-    }
+    return {name: SampleMoments.concatenate(got) for name, got in parts.items() if got}
 
 
 def compute_baseline(
@@ -157,8 +139,11 @@ def compute_baseline(
     tracked = tuple(layer for layer in layers if not layer.batch_independent)
     per_sample = _per_sample(sample, tracked, reference, chunk)
     refs = [
-        _Reference.build(lay, *per_sample[lay.name]) for lay in tracked if lay.name in per_sample
+        ReferenceSamples.build(lay, per_sample[lay.name])
+        for lay in tracked
+        if lay.name in per_sample
     ]
+    del per_sample  # the stacked form replaces it: peak memory ~2 copies, not 3
     total = reference_size(reference)
     if not refs or total == 0:
         return {}

@@ -23,35 +23,28 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from service.backends.base import Arrays, NormLayer
-from service.drift.baseline import LayerBaseline, PerSampleMoments, compute_baseline
-from service.drift.baseline import reference_size as _reference_size
+from service.backends.taps import SampleMoments, TappedForward
+from service.drift.baseline import LayerBaseline, compute_baseline, reference_size
 from service.drift.report import layer_report
 from service.drift.window import LayerWindow
-from service.stats.moments import Moments
 
 log = logging.getLogger(__name__)
 
 
-class SampledLayer(PerSampleMoments, Protocol):
-    def pooled(self) -> Moments: ...
+_IDLE_GAP = 0.05
+"""Seconds between batches beyond which the server counts as idle (no budget earned)."""
 
 
-class Taps(Protocol):
-    """What the monitor needs of ``service.backends.taps.TappedForward``."""
-
-    def sample_moments(self, inputs: Arrays) -> Mapping[str, SampledLayer]: ...
-
-
-class _Closed(Exception):
-    """The monitor was closed while a background job ran."""
+class _Stopped(Exception):
+    """The monitor was closed, or its tapped forward could not be created."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,7 @@ class DriftMonitor:
     def __init__(
         self,
         layers: tuple[NormLayer, ...],
-        taps_factory: Callable[[], Taps],
+        taps_factory: Callable[[], TappedForward],
         executor: Executor,
         half_life: float,
         max_overhead: float = 0.03,
@@ -89,7 +82,7 @@ class DriftMonitor:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._taps_lock = threading.Lock()  # one forward at a time; guards lazy creation
-        self._taps: Taps | None = None
+        self._taps: TappedForward | None = None
         self._disabled = False  # the tapped forward could not be created
         self._closed = False
         self._queue: deque[_Batch] = deque()
@@ -101,14 +94,14 @@ class DriftMonitor:
         self._baseline_label: str | None = None
         self._batches_seen = self._batches_tapped = self._samples_seen = self._samples_tapped = 0
         self._serve_seconds = self._tap_seconds = 0.0
+        self._last_observed: float | None = None
         self._tap_per_sample: float | None = None
         self._errors = 0
-        if reference is not None and self.layers:
-            self._baseline_label = f"{reference_label} ({_reference_size(reference)} samples)"
+        count = 0 if reference is None else reference_size(reference)
+        if reference is not None and count > 0 and self.layers:
+            self._baseline_label = f"{reference_label} ({count} samples)"
             self._outstanding = 1
             executor.submit(self._run_baseline, reference, max_batch_size)
-
-    # -- request path -------------------------------------------------------------------------
 
     def observe(self, inputs: Arrays, batch_size: int, compute_seconds: float) -> None:
         """Account a served batch and maybe queue it for a tap. O(1); never raises."""
@@ -116,12 +109,8 @@ class DriftMonitor:
             with self._lock:
                 self._batches_seen += 1
                 self._samples_seen += batch_size
-                self._serve_seconds += compute_seconds
-                if (
-                    self._closed
-                    or self._disabled
-                    or not self._should_tap(batch_size, compute_seconds)
-                ):
+                self._serve_seconds += self._active_seconds(compute_seconds)
+                if not self._should_tap(batch_size, compute_seconds):
                     return
                 self._queue.append(_Batch(self._generation, inputs, batch_size))
                 if self._draining:
@@ -132,7 +121,19 @@ class DriftMonitor:
         except Exception:
             self._error("observe")
 
+    def _active_seconds(self, compute_seconds: float) -> float:
+        """Serving time this batch stands for: its compute, or the wall time since the last
+        batch while traffic flows (gaps over ``_IDLE_GAP`` are idle), whichever is larger.
+        Under load the wall time is what throughput is measured against; for a tiny model
+        whose compute is a sliver of each request, compute alone would starve the taps."""
+        now = self._clock()
+        last, self._last_observed = self._last_observed, now
+        gap = 0.0 if last is None else now - last
+        return max(compute_seconds, gap if gap <= _IDLE_GAP else 0.0)
+
     def _should_tap(self, batch_size: int, compute_seconds: float) -> bool:
+        if self._closed or self._disabled:
+            return False
         if self.max_overhead >= 1.0:
             return True
         if self._draining:
@@ -153,8 +154,6 @@ class DriftMonitor:
                 self._job_done_locked()
             raise
 
-    # -- background -----------------------------------------------------------------------------
-
     def _drain(self) -> None:
         """Tap queued batches in order until the queue is empty."""
         try:
@@ -166,7 +165,7 @@ class DriftMonitor:
                     batch = self._queue.popleft()
                 try:
                     self._tap(batch)
-                except _Closed:
+                except _Stopped:
                     return
                 except Exception:
                     self._error("tap")
@@ -201,15 +200,15 @@ class DriftMonitor:
             self._batches_tapped += 1
             self._samples_tapped += batch.size
 
-    def _ensure_taps(self) -> Taps:
+    def _ensure_taps(self) -> TappedForward:
         with self._taps_lock:
-            if self._closed:
-                raise _Closed
+            if self._closed or self._disabled:
+                raise _Stopped
             if self._taps is None:
                 try:
                     self._taps = self._factory()
                 except Exception:
-                    with self._lock:
+                    with self._lock:  # never retried: each try would load the model again
                         self._disabled = True
                         self._baseline_label = None
                     raise
@@ -219,16 +218,16 @@ class DriftMonitor:
         try:
             taps = self._ensure_taps()
 
-            def sample(inputs: Arrays) -> Mapping[str, SampledLayer]:
+            def sample(inputs: Arrays) -> dict[str, SampleMoments]:
                 with self._taps_lock:
                     if self._closed:
-                        raise _Closed
+                        raise _Stopped
                     return taps.sample_moments(inputs)
 
             baseline = compute_baseline(sample, self.layers, reference, chunk)
             with self._lock:
                 self._baseline = baseline
-        except _Closed:
+        except _Stopped:
             pass
         except Exception:
             with self._lock:
@@ -254,8 +253,6 @@ class DriftMonitor:
             count = self._errors
         if count & (count - 1) == 0:  # 1st, 2nd, 4th, ...: visible, never a flood
             log.exception("drift %s failed (%d errors so far)", where, count)
-
-    # -- readers and admin ----------------------------------------------------------------------
 
     def snapshot(self, per_channel: bool = True) -> dict[str, Any]:
         """The drift JSON body (design doc), without ``name``/``version``; NaN-free."""

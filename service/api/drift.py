@@ -1,0 +1,48 @@
+"""Per-layer drift as JSON (with per-channel detail), and its reset (admin)."""
+
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.api.auth import require_admin
+from service.api.context import context
+from service.api.responses import json_response
+from service.errors import InvalidInput
+from service.registry import LoadedModel
+from service.repository import parse_version
+
+router = APIRouter()
+
+
+async def _model(request: Request, name: str, version: str | None) -> LoadedModel:
+    registry = context(request).registry
+    return await registry.get_version(name, None if version is None else parse_version(version))
+
+
+def _monitored(model: LoadedModel) -> Response:
+    if model.drift is None:
+        raise InvalidInput(
+            f"model '{model.name}' has no drift monitoring "
+            "(no layer with running statistics, or [drift] enabled = false)"
+        )
+    return json_response(
+        {"name": model.name, "version": str(model.version)} | model.drift.snapshot()
+    )
+
+
+@router.get("/v2/models/{model_name}/drift")
+async def drift(request: Request, model_name: str) -> Response:
+    return _monitored(await _model(request, model_name, None))
+
+
+@router.get("/v2/models/{model_name}/versions/{version}/drift")
+async def version_drift(request: Request, model_name: str, version: str) -> Response:
+    return _monitored(await _model(request, model_name, version))
+
+
+@router.post("/v2/models/{model_name}/drift/reset", dependencies=[Depends(require_admin)])
+async def reset(request: Request, model_name: str) -> Response:
+    model = await _model(request, model_name, None)
+    if model.drift is not None:
+        model.drift.reset()
+    return _monitored(model)
