@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,6 +128,28 @@ class ModelRepository:
             Path(tmp).unlink(missing_ok=True)
             raise
         _fsync_dir(folder)
+
+    def sweep_temporaries(self, older_than: float = 3600.0) -> list[Path]:
+        """Remove hidden temporary folders and files a crashed writer left behind.
+
+        Only those untouched for ``older_than`` seconds: on a shared repository another
+        replica may be writing one right now.
+        """
+        removed: list[Path] = []
+        now = time.time()
+        for name in self.model_names():
+            for path in (self.root / name).glob(f"{_TMP_PREFIX}*"):
+                try:
+                    if now - path.lstat().st_mtime < older_than:
+                        continue
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                except OSError:
+                    continue  # another process removed it first
+                removed.append(path)
+        return removed
 
     def write_version(self, name: str, write: Callable[[Path], None]) -> int:
         """Create the next version: ``write(tmp_dir)`` fills a hidden folder, renamed into place.

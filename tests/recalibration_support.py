@@ -27,8 +27,9 @@ from onnx import numpy_helper
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from service.backends.torch_backend import load_program
 from tests.conftest import ADMIN_TOKEN
-from tests.helpers import infer_body, output_of
+from tests.helpers import infer_body, output_of, reference_module
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NPY = "application/x-npy"
@@ -155,7 +156,7 @@ def file_statistics(version_dir: Path) -> Stats:
             for node in graph.node
             if node.op_type == "BatchNormalization"
         }
-    state = torch.export.load(version_dir / "model.pt2").state_dict
+    state = load_program(version_dir / "model.pt2").state_dict
     return {
         key.removesuffix(".running_mean"): (
             state[key].numpy(),
@@ -234,6 +235,11 @@ class _OnlyNormsTrain(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.inner[0](x)
         return out
+
+
+def reference(model: str) -> nn.Module:
+    """The torch module an example model was exported from (either form), eval mode."""
+    return reference_module(model)
 
 
 def module_statistics(module: nn.Module, layers: Iterable[str] | None = None) -> Stats:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from service.backends.torch_backend import load_program
 from service.config import load_model_config
 from service.examples import (
     CORRUPTIONS,
@@ -81,7 +82,7 @@ def test_both_forms_match_the_rebuilt_module(family: str) -> None:
     x_test, _ = TEST_SPLITS[family]
     expected = _torch_logits(module, x_test)
     served_onnx = _onnx_logits(MODELS / family / "1" / "model.onnx", x_test)
-    served_torch = _torch_logits(torch.export.load(str(pt2)).module(), x_test)
+    served_torch = _torch_logits(load_program(str(pt2)).module(), x_test)
     np.testing.assert_allclose(served_onnx, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(served_torch, expected, rtol=1e-5, atol=1e-5)
     # One sample alone gives its row of the batch (eval mode, dynamic batch axis).

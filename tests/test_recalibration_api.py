@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.examples.data import corrupt, load_digits_split, load_wine_split
 from tests.conftest import BUNDLED_MODELS, make_client
-from tests.helpers import assert_rel_close, reference_module
+from tests.helpers import assert_rel_close
 from tests.recalibration_support import (
     ADMIN,
     F32,
@@ -25,6 +25,7 @@ from tests.recalibration_support import (
     npy_body,
     population_reference,
     recalibrate,
+    reference,
     served_logits,
     tree_snapshot,
     update_bn_reference,
@@ -82,10 +83,10 @@ def test_cumulative_equals_update_bn(client: TestClient, model_repo: Path, model
     """update_bn over the same full batches, only BatchNorm in train mode (dropout off)."""
     x, batch = shifted(model), BATCH[family(model)]
     got = new_version(client, model_repo, model, x, batch_size=batch)
-    expected = update_bn_reference(reference_module(model), x, batch)
+    expected = update_bn_reference(reference(model), x, batch)
     assert_stats_close(got, expected, RTOL, ATOL)
     # The shift is strong enough that the statistics really moved.
-    source = module_statistics(reference_module(model))
+    source = module_statistics(reference(model))
     assert not np.allclose(got["bn1"][1], source["bn1"][1], rtol=0.05)
 
 
@@ -95,7 +96,7 @@ def test_population_equals_float64_over_recorded_inputs(
 ) -> None:
     x = shifted(model)
     got = new_version(client, model_repo, model, x, mode="population")
-    assert_stats_close(got, population_reference(reference_module(model), x, 64), RTOL, ATOL)
+    assert_stats_close(got, population_reference(reference(model), x, 64), RTOL, ATOL)
 
 
 @pytest.mark.parametrize("model", ["digits", "digits_torch"])
@@ -104,7 +105,7 @@ def test_ema_is_torchs_momentum_update_from_the_stored_statistics(
 ) -> None:
     x = shifted(model)[:320]
     got = new_version(client, model_repo, model, x, mode="ema", momentum=0.3)
-    assert_stats_close(got, ema_reference(reference_module(model), x, 64, 0.3), RTOL, ATOL)
+    assert_stats_close(got, ema_reference(reference(model), x, 64, 0.3), RTOL, ATOL)
 
 
 @pytest.mark.parametrize(("model", "mode"), [("digits", "cumulative"), ("wine", "population")])
@@ -117,9 +118,9 @@ def test_prior_mixes_source_and_target_by_sample_count(
     x = x[: len(x) - len(x) % batch]
     prior, n = 300.0, len(x)
     got = new_version(client, model_repo, model, x, mode=mode, prior=prior, batch_size=batch)
-    module = reference_module(model)
-    reference = update_bn_reference if mode == "cumulative" else population_reference
-    target, source = reference(module, x, batch), module_statistics(module)
+    module = reference(model)
+    estimate = update_bn_reference if mode == "cumulative" else population_reference
+    target, source = estimate(module, x, batch), module_statistics(module)
     w = prior / (prior + n)
     expected = {
         name: tuple(
@@ -139,7 +140,7 @@ def test_layers_pattern_recalibrates_only_the_matching_layers(
     np.testing.assert_array_equal(got["bn2"][0], source["bn2"][0])
     np.testing.assert_array_equal(got["bn2"][1], source["bn2"][1])
     # bn2 keeps normalizing with its stored statistics while the others use batch statistics.
-    expected = update_bn_reference(reference_module("digits"), x, 64, ["bn1", "fc_bn"])
+    expected = update_bn_reference(reference("digits"), x, 64, ["bn1", "fc_bn"])
     assert_stats_close({k: got[k] for k in expected}, expected, RTOL, ATOL)
 
 
@@ -189,7 +190,7 @@ def test_activation_rollback_and_restart(client: TestClient, model_repo: Path) -
     assert np.array_equal(served_logits(client, model, probe), original)
     assert (model_repo / model / "active").read_text().strip() == "1"
 
-    v2_module = with_statistics(reference_module(model), file_statistics(model_repo / model / "2"))
+    v2_module = with_statistics(reference(model), file_statistics(model_repo / model / "2"))
     expected_v2 = module_logits(v2_module, probe)
     assert_rel_close(served_logits(client, model, probe, version=2), expected_v2, 1e-5)
 
@@ -278,6 +279,6 @@ def test_recalibrating_a_non_serving_version_starts_from_its_statistics(
     )
     assert response.status_code == 200, response.text
     assert (response.json()["source_version"], response.json()["version"]) == ("1", "3")
-    expected = ema_reference(reference_module("digits"), x[:256], 64, 0.2)
+    expected = ema_reference(reference("digits"), x[:256], 64, 0.2)
     assert_stats_close(file_statistics(model_repo / "digits" / "3"), expected, RTOL, ATOL)
     assert (model_repo / "digits" / "active").read_text().strip() == "2"

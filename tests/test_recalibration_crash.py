@@ -24,13 +24,14 @@ import pytest
 
 from service.examples.data import corrupt, load_digits_split
 from tests.conftest import BUNDLED_MODELS, LiveServer, start_server
-from tests.helpers import assert_rel_close, infer_body, output_of, reference_module
+from tests.helpers import assert_rel_close, infer_body, output_of
 from tests.recalibration_support import (
     ADMIN,
     NPY,
     file_statistics,
     module_logits,
     npy_body,
+    reference,
     with_statistics,
 )
 
@@ -159,7 +160,7 @@ def _check_repository(live: LiveServer, repo: Path, outputs: dict[str, np.ndarra
             continue
         # A different output is only right for a newly activated, complete version.
         assert active == max(numbered(folder))
-        expected = with_statistics(reference_module(model), file_statistics(folder / str(active)))
+        expected = with_statistics(reference(model), file_statistics(folder / str(active)))
         assert_rel_close(now, module_logits(expected, PROBE), 1e-5)
         outputs[model] = now
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tests.conftest import BUNDLED_MODELS, make_client
-from tests.helpers import reference_module, sample_inputs
+from tests.helpers import sample_inputs
 from tests.recalibration_support import (
     ADMIN,
     BODIES,
@@ -31,6 +31,7 @@ from tests.recalibration_support import (
     post_chunks,
     raw_body,
     recalibrate,
+    reference,
     split_at,
     tree_snapshot,
     update_bn_reference,
@@ -68,7 +69,7 @@ def chunked_statistics(client: TestClient, repo: Path, media: str, chunks: list[
 def baseline(shared: TestClient, repo: Path) -> Stats:
     """The statistics of the stream sent in one piece, as npy (checked against update_bn)."""
     stats = chunked_statistics(shared, repo, NPY, [npy_body(STREAM)])
-    expected = update_bn_reference(reference_module(MODEL), STREAM, BATCH)
+    expected = update_bn_reference(reference(MODEL), STREAM, BATCH)
     assert_stats_close(stats, expected, rtol=1e-5, atol=1e-6)
     return stats
 

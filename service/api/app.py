@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import drift, metrics, models, recalibration, repository, v2
+from service.api import drift, metrics, models, recalibration, repository, status, v2
 from service.api.context import ServiceContext
 from service.api.errors import install_error_handlers
 from service.drift.collector import DriftCollector
@@ -61,6 +61,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         )
         app.state.context = ctx
         try:
+            for stale in repo.sweep_temporaries():
+                log.warning("removed %s, left by an interrupted write", stale)
             for name in repo.model_names():
                 await registry.load(name)
             ctx.ready = True
@@ -83,4 +85,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(recalibration.router)
     app.include_router(metrics.router)
     app.include_router(drift.router)
+    app.include_router(status.router)
     return app

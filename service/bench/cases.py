@@ -15,6 +15,7 @@ import numpy as np
 from service.bench.baseline import ort_latencies, percentile_ms, update_bn_seconds
 from service.bench.bodies import binary_request, digits_sample, json_request
 from service.bench.harness import Bench
+from service.bench.loadgen import encode_request
 from service.bench.models import (
     DIGITS,
     RESNET,
@@ -33,7 +34,10 @@ MB = 1024 * 1024
 
 
 def case_a(bench: Bench) -> list[Row]:
-    """Digits, one sample, sequential requests on one connection: latency vs bare compute."""
+    """Digits, one sample, sequential requests on one connection: latency vs bare compute.
+
+    Also ``GET /v2/health/live`` on the same server: the HTTP + framework floor of a request.
+    """
     sample = digits_sample()
     bare = ort_latencies(digits_model_file(), sample, bench.seconds(2.0, 0.5))
     bare50, bare99 = percentile_ms(bare, 50), percentile_ms(bare, 99)
@@ -47,6 +51,10 @@ def case_a(bench: Bench) -> list[Row]:
             rows.append(Row("a", metric, p50, "ms", bare50, f"{BARE} p50", target, run.summary()))
             metric = f"digits p99 latency, 1 sample, {label}"
             rows.append(Row("a", metric, p99, "ms", bare99, f"{BARE} p99"))
+        live = encode_request("/v2/health/live", None)
+        run = bench.measure(server, live, 1, bench.seconds(2.0, 0.5))
+        metric = "GET /v2/health/live p50 (HTTP + framework floor)"
+        rows.append(Row("a", metric, run.result.percentile_ms(50), "ms", note=run.summary()))
     return rows
 
 
@@ -72,6 +80,14 @@ def case_b(bench: Bench) -> list[Row]:
     on, off = rates[True, 1], rates[False, 1]
     target = Target(">=", 0.9, on_ratio=True)
     rows.append(Row("b", "batching on vs off, 1 conn", on, "req/s", off, "batching off", target))
+    # The same load with one onnxruntime thread: on 2 cores the default pool's spinning
+    # workers compete with the event loop for CPU.
+    env = {"BNSERVE_MODEL_THREADS": "1"}
+    with bench.server("b-threads-1", write_digits_repository, env) as server:
+        run = bench.measure(server, request, 32, bench.seconds(4.0, 1.0))
+    metric = "digits req/s, JSON, 32 conn, batching on, BNSERVE_MODEL_THREADS=1"
+    baseline, label = rates[True, 32], "default threads"
+    rows.append(Row("b", metric, run.result.rate, "req/s", baseline, label, None, run.summary()))
     return rows
 
 

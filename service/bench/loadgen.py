@@ -27,20 +27,17 @@ _HEADER_END = b"\r\n\r\n"
 
 def encode_request(
     path: str,
-    body: bytes,
+    body: bytes | None,
     content_type: str = "application/json",
     headers: dict[str, str] | None = None,
     host: str = "127.0.0.1",
 ) -> bytes:
-    """One complete HTTP/1.1 keep-alive POST (request line, headers, body) as bytes."""
-    lines = [
-        f"POST {path} HTTP/1.1",
-        f"Host: {host}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        *(f"{name}: {value}" for name, value in (headers or {}).items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    """One complete HTTP/1.1 keep-alive request as bytes: a POST of ``body``, or a GET if None."""
+    lines = [f"{'GET' if body is None else 'POST'} {path} HTTP/1.1", f"Host: {host}"]
+    if body is not None:
+        lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
 @dataclass(frozen=True)

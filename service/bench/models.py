@@ -19,6 +19,8 @@ BUNDLED_MODELS = Path(__file__).resolve().parent.parent.parent / "models"
 DIGITS = "digits"
 RESNET = "resnet18"
 RESNET_CLASSES = 1000
+RESNET_REFERENCE = 32
+"""No-shift reference samples written with the ResNet (drift baselines), as examples have."""
 
 
 class BasicBlock(nn.Module):
@@ -108,13 +110,19 @@ def export_resnet(module: ResNet18, image_size: int, path: Path) -> None:
 
 
 def write_resnet_repository(
-    root: Path, onnx_file: Path, image_size: int, batching: bool = True, drift: bool | None = None
+    root: Path,
+    onnx_file: Path,
+    image_size: int,
+    batching: bool = True,
+    drift: bool | None = None,
 ) -> Path:
-    """``root/resnet18`` (version 1 = a copy of ``onnx_file``); returns ``root``."""
+    """``root/resnet18`` (version 1 = a copy of ``onnx_file``, 32 reference samples)."""
     model_dir = root / RESNET
     (model_dir / "1").mkdir(parents=True)
     shutil.copyfile(onnx_file, model_dir / "1" / "model.onnx")
     shape = (3, image_size, image_size)
+    reference = np.random.default_rng(2).standard_normal((RESNET_REFERENCE, *shape))
+    np.save(model_dir / "1" / "reference.npy", reference.astype(np.float32), allow_pickle=False)
     (model_dir / "config.toml").write_text(
         config_toml(shape, RESNET_CLASSES, batching, drift), encoding="utf-8"
     )
@@ -123,10 +131,9 @@ def write_resnet_repository(
 
 
 def write_digits_repository(root: Path, batching: bool = True, drift: bool | None = None) -> Path:
-    """``root/digits``: the bundled digits model (version 1 only); returns ``root``."""
+    """``root/digits``: the bundled digits model and its reference data, as version 1."""
     model_dir = root / DIGITS
-    (model_dir / "1").mkdir(parents=True)
-    shutil.copyfile(BUNDLED_MODELS / DIGITS / "1" / "model.onnx", model_dir / "1" / "model.onnx")
+    shutil.copytree(BUNDLED_MODELS / DIGITS / "1", model_dir / "1")
     (model_dir / "config.toml").write_text(
         config_toml((1, 8, 8), 10, batching, drift), encoding="utf-8"
     )

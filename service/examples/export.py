@@ -14,6 +14,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from service.backends.torch_backend import SERIALIZATION_LOCK, load_program
 from service.examples.data import Float32Array
 from service.examples.nets import FAMILIES, batchnorm_modules
 from service.examples.train import predict
@@ -90,8 +91,9 @@ def export_torch(module: nn.Module, example: Float32Array, path: Path) -> None:
     program = torch.export.export(
         module, (torch.from_numpy(example),), dynamic_shapes=({0: batch},)
     )
-    torch.export.save(program, str(path))
-    loaded = torch.export.load(str(path)).module()
+    with SERIALIZATION_LOCK:
+        torch.export.save(program, str(path))
+    loaded = load_program(path).module()
     with torch.no_grad():
         served = loaded(torch.from_numpy(example)).numpy()
     _check_close(path, served, predict(module, example))
@@ -101,7 +103,7 @@ def load_module(family: str, path: Path) -> nn.Module:
     """A ``FAMILIES[family]`` module in eval mode with the weights of the ``model.pt2`` at
     ``path`` (an exported program's ``state_dict`` holds parameters and buffers by module path)."""
     module = FAMILIES[family]()
-    module.load_state_dict(torch.export.load(str(path)).state_dict)
+    module.load_state_dict(load_program(path).state_dict)
     return module.eval()
 
 

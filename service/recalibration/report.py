@@ -38,6 +38,8 @@ def build_report(
                 "channels": r.layer.channels,
                 "drift_before": r.before.as_dict(),
                 "drift_after": r.after.as_dict(),
+                "running_mean": r.mean,
+                "running_var": r.var,
             }
             for r in result.layers
         ],
