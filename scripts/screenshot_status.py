@@ -33,11 +33,17 @@ from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, start_server  # noqa: E4
 from tests.helpers import infer_body  # noqa: E402
 from tests.recalibration_support import npy_body  # noqa: E402
 
-CHROMIUM_FLAGS = (
-    "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run "
-    "--disable-background-networking --disable-component-update --disable-sync "
-    "--hide-scrollbars"
-).split()
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 def tap_every_batch(models: Path) -> None:

@@ -145,21 +145,31 @@ class ModelRegistry:
         Requests queued on the previous version finish on it. The ``active`` file is written
         only once the version has loaded, so a version that cannot load is never activated.
         """
+        return await self._switch(name, version, write_pointer=True)
+
+    async def follow(self, name: str, version: int) -> LoadedModel:
+        """Serve ``version``, which another process made active on disk (no pointer write)."""
+        return await self._switch(name, version, write_pointer=False)
+
+    async def _switch(self, name: str, version: int, write_pointer: bool) -> LoadedModel:
         async with self._lock(name):
             entry = self._entries.get(name)
+            if entry is not None and entry.serving.version == version and not write_pointer:
+                return entry.serving
             config = entry.config if entry is not None else self.repository.config(name)
             if version not in self.repository.versions(name, config):
                 raise ModelNotFound(f"model '{name}' has no version {version}")
             new = await self._load_version(name, config, version)
-            try:
-                await asyncio.to_thread(self.repository.set_active, name, version)
-            except BaseException:
-                await new.close()
-                raise
+            if write_pointer:
+                try:
+                    await asyncio.to_thread(self.repository.set_active, name, version)
+                except BaseException:
+                    await new.close()
+                    raise
             self._entries[name] = _Entry(config, new)
             if entry is not None:
                 await self._close_entry(entry)
-            log.info("model %s version %d activated", name, version)
+            log.info("model %s now serves version %d", name, version)
             return new
 
     async def unload(self, name: str) -> None:

@@ -19,6 +19,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from service.config import ModelConfig, load_model_config
 from service.errors import ConfigError, InvalidInput, ModelNotFound
@@ -111,6 +114,18 @@ class ModelRepository:
         if version not in versions:
             raise ConfigError(f"{pointer}: version {version} does not exist")
         return version
+
+    def provenance(self, name: str, version: int) -> dict[str, Any] | None:
+        """Summary of a recalibrated version's ``recalibration.json``; ``None`` for originals."""
+        path = self.version_dir(name, version) / "recalibration.json"
+        if not path.is_file():
+            return None
+        try:
+            report = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: unreadable provenance: {exc}") from exc
+        keys = ("source_version", "created", "parameters", "samples", "batches", "tail")
+        return {key: report.get(key) for key in keys}
 
     def set_active(self, name: str, version: int) -> None:
         """Point ``active`` at ``version`` atomically (write, fsync, rename, fsync folder)."""

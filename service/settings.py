@@ -21,6 +21,8 @@ class ServiceSettings(BaseSettings):
     """Largest recalibration stream, in bytes."""
     recalibration_max_samples: Annotated[int, Field(ge=1)] = 100_000_000
     """Most samples in one recalibration stream."""
+    poll_interval: Annotated[float, Field(ge=0.0)] = 2.0
+    """Seconds between checks of the repository for versions activated elsewhere; 0: never."""
     model_threads: Annotated[int, Field(ge=0)] = 0
     """Intra-op threads per model session; 0 lets the runtime choose."""
     log_level: str = "info"

@@ -18,6 +18,7 @@ from service.recalibration.runner import Recalibrator
 from service.registry import ModelRegistry
 from service.repository import ModelRepository
 from service.settings import ServiceSettings
+from service.watcher import RepositoryWatcher
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             settings, repo, registry, _admin_token(settings), recalibrator, service_metrics
         )
         app.state.context = ctx
+        watcher = RepositoryWatcher(registry, settings.poll_interval)
         try:
             for stale in repo.sweep_temporaries():
                 log.warning("removed %s, left by an interrupted write", stale)
             for name in repo.model_names():
                 await registry.load(name)
+            watcher.start()
             ctx.ready = True
             yield
         finally:
             ctx.ready = False
+            await watcher.stop()
             recalibrator.close()
             await registry.close()
 

@@ -3,7 +3,6 @@
 import logging
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -11,7 +10,7 @@ from starlette.responses import Response
 from service.api.auth import require_admin
 from service.api.context import context
 from service.api.responses import json_response
-from service.errors import InvalidInput, UnsupportedMediaType
+from service.errors import UnsupportedMediaType
 from service.recalibration.params import make_params
 from service.repository import parse_version
 from service.streams import MEDIA_TYPES
@@ -99,18 +98,6 @@ async def recalibrate_version(
     return await _recalibrate(request, model_name, version, query)
 
 
-def _provenance(folder: Any) -> dict[str, Any] | None:
-    path = folder / "recalibration.json"
-    if not path.is_file():
-        return None
-    try:
-        report = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise InvalidInput(f"{path}: unreadable provenance: {exc}") from exc
-    keys = ("source_version", "created", "parameters", "samples", "batches", "tail")
-    return {key: report.get(key) for key in keys}
-
-
 @router.get("/v2/models/{model_name}/versions")
 async def versions(request: Request, model_name: str) -> Response:
     ctx = context(request)
@@ -120,7 +107,7 @@ async def versions(request: Request, model_name: str) -> Response:
         {
             "version": str(v),
             "active": v == active,
-            "provenance": _provenance(ctx.repository.version_dir(model_name, v)),
+            "provenance": ctx.repository.provenance(model_name, v),
         }
         for v in ctx.repository.versions(model_name, config)
     ]

@@ -7,7 +7,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from service.api.context import ServiceContext, context
-from service.api.recalibration import _provenance
 from service.errors import ServiceError
 from service.status_page import render_status
 
@@ -24,7 +23,7 @@ def _versions(ctx: ServiceContext, name: str) -> list[dict[str, Any]]:
     entries = []
     for version in repo.versions(name, config):
         try:
-            provenance = _provenance(repo.version_dir(name, version))
+            provenance = repo.provenance(name, version)
         except ServiceError as exc:  # one broken file must not take the whole page down
             provenance = {"error": str(exc)}
         entry = {"version": str(version), "active": version == active, "provenance": provenance}

@@ -64,3 +64,27 @@ def update_bn_seconds(module: torch.nn.Module, data: npt.NDArray[np.float32], ba
         seconds = time.perf_counter() - start
     module.eval()
     return seconds
+
+
+def eval_seconds(
+    module: torch.nn.Module, onnx_file: Path, batch: npt.NDArray[np.float32]
+) -> tuple[float, float]:
+    """Seconds of one eval forward of ``batch``: (onnxruntime, torch), each after a warm-up.
+
+    The ceiling for recalibration speed-ups: the batch-statistics forward is an eval forward
+    with BatchNorm unfused, in either runtime.
+    """
+    session = ort_session(onnx_file)
+    feed = {session.get_inputs()[0].name: batch}
+    session.run(None, feed)
+    start = time.perf_counter()
+    session.run(None, feed)
+    ort_seconds = time.perf_counter() - start
+    tensor = torch.from_numpy(batch)
+    module.eval()
+    with torch.no_grad():
+        module(tensor)
+        start = time.perf_counter()
+        module(tensor)
+        torch_seconds = time.perf_counter() - start
+    return ort_seconds, torch_seconds

@@ -72,6 +72,7 @@ class Bench:
         models = write(folder / "models")
         self.log(f"[{name}] starting bnserve serve")
         with BenchServer(models, folder / "server.log", env) as server:
+            self.log(f"[{name}] ready; idle after {server.settle_seconds:.1f} s of start-up work")
             yield server
 
     def measure(

@@ -66,6 +66,7 @@ class BenchServer:
             )
         try:
             self._wait_ready(timeout)
+            self.settle_seconds = self._wait_idle(timeout)
         except BaseException:
             self.stop()
             raise
@@ -96,6 +97,21 @@ class BenchServer:
                 pass  # not listening yet
             time.sleep(0.1)
         raise RuntimeError(f"server not ready after {timeout} s: {self.log.read_text()}")
+
+    def _wait_idle(self, timeout: float, window: float = 0.5, busy: float = 0.05) -> float:
+        """Wait until the server uses under ``busy`` of a core over ``window`` seconds.
+
+        Ready is not idle: background start-up work (drift baselines on the reference data,
+        lazily built sessions) would otherwise land in the first measurement. Returns the
+        seconds waited.
+        """
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            before = self.cpu_seconds()
+            time.sleep(window)
+            if self.cpu_seconds() - before < busy * window:
+                return time.monotonic() - start
+        raise RuntimeError(f"server still busy {timeout} s after start: {self.log.read_text()}")
 
     def memory_kb(self) -> dict[str, int]:
         """``VmRSS`` and ``VmHWM`` (peak RSS) of the server process, in kB."""
