@@ -147,12 +147,16 @@ class ModelRegistry:
         """
         return await self._switch(name, version, write_pointer=True)
 
-    async def follow(self, name: str, version: int) -> LoadedModel:
-        """Serve ``version``, which another process made active on disk (no pointer write)."""
-        return await self._switch(name, version, write_pointer=False)
+    async def follow(self, name: str) -> LoadedModel:
+        """Serve the version that ``active`` names on disk, which another replica may have
+        changed (no pointer write). Read under the model's lock, so it never undoes an
+        ``activate`` of this process that ran in between."""
+        return await self._switch(name, None, write_pointer=False)
 
-    async def _switch(self, name: str, version: int, write_pointer: bool) -> LoadedModel:
+    async def _switch(self, name: str, version: int | None, write_pointer: bool) -> LoadedModel:
         async with self._lock(name):
+            if version is None:
+                version = await asyncio.to_thread(self.repository.active_version, name)
             entry = self._entries.get(name)
             if entry is not None and entry.serving.version == version and not write_pointer:
                 return entry.serving

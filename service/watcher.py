@@ -38,7 +38,7 @@ class RepositoryWatcher:
             try:
                 version = await asyncio.to_thread(repository.active_version, name)
                 if version != self._registry.get(name).version:
-                    await self._registry.follow(name, version)
+                    await self._registry.follow(name)
             except ServiceError as exc:  # e.g. a version another replica is still writing
                 log.warning("repository poll of %s: %s", name, exc)
 
