@@ -14,9 +14,8 @@ from service.errors import ServiceError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from service.api.app import create_app
+    from service.server import serve
     from service.settings import ServiceSettings
 
     overrides: dict[str, Any] = {
@@ -32,15 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    # One process, one event loop: scale with replicas, not workers (each worker would hold
-    # its own model copies and metrics).
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-    )
+    serve(create_app(settings), settings)
     return 0
 
 

@@ -43,3 +43,7 @@ class UnsupportedMediaType(InvalidInput):
 
 class Timeout(ServiceError):
     """The request did not finish within the configured time."""
+
+
+class ShuttingDown(ServiceError):
+    """The server is stopping; the operation was abandoned without writing anything."""

@@ -23,6 +23,10 @@ class ServiceSettings(BaseSettings):
     """Most samples in one recalibration stream."""
     poll_interval: Annotated[float, Field(ge=0.0)] = 2.0
     """Seconds between checks of the repository for versions activated elsewhere; 0: never."""
+    graceful_timeout: Annotated[int, Field(ge=0)] = 30
+    """Seconds a stopping server waits for in-flight requests."""
+    request_timeout: Annotated[float, Field(gt=0.0)] = 60.0
+    """Longest an inference request may wait for its result (504 after that)."""
     model_threads: Annotated[int, Field(ge=0)] = 0
     """Intra-op threads per model session; 0 lets the runtime choose."""
     log_level: str = "info"

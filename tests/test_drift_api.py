@@ -81,7 +81,9 @@ def drift_json(client: TestClient, model: str) -> dict[str, Any]:
     return body
 
 
-def wait_for_taps(client: TestClient, model: str, batches: int, timeout: float = 30.0) -> Any:
+def wait_for_taps(
+    client: TestClient, model: str, batches: int, timeout: float = 30.0
+) -> dict[str, Any]:
     """The drift JSON once ``batches`` batches are tapped and the baseline (if any) is ready."""
     deadline = time.monotonic() + timeout
     while True:
@@ -248,6 +250,8 @@ def test_shift_raises_drift_and_recalibration_brings_it_back(tmp_path: Path, mod
         assert [restarted[key] for key in counters] == [0, 0, 0, 0]
         for layer in restarted["layers"]:
             assert layer["window_samples"] == 0.0 and layer["drift"] is None, layer
+        by_version = client.get(f"/v2/models/{model}/versions/2/drift")
+        assert by_version.status_code == 200 and by_version.json() == restarted
 
         send(client, model, shifted_test, sizes)  # the same shifted traffic
         recalibrated = wait_for_taps(client, model, len(sizes))
@@ -368,7 +372,6 @@ def test_default_budget_taps_a_share_of_a_burst(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"no batch tapped: {body}"
             send(client, "digits", x_test, [8] * 25)
             body = drift_json(client, "digits")
-    print("BUDGET", {k: v for k, v in body.items() if k != "layers"})
     assert body["max_overhead"] == 0.03 and body["half_life"] == 4096.0
     assert 0 < body["batches_tapped"] < body["batches_seen"]
     assert body["samples_seen"] == 8 * body["batches_seen"]

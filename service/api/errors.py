@@ -20,6 +20,7 @@ STATUS: dict[type[errors.ServiceError], int] = {
     errors.UnsupportedMediaType: 415,
     errors.ModelNotReady: 503,
     errors.Overloaded: 503,
+    errors.ShuttingDown: 503,
     errors.Timeout: 504,
 }
 

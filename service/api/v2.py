@@ -13,10 +13,12 @@ from service.api.body import read_body
 from service.api.context import context
 from service.api.errors import error_response, status_of
 from service.api.responses import json_response
-from service.errors import InvalidInput, ServiceError
+from service.backends.base import Arrays
+from service.errors import InvalidInput, ServiceError, Timeout
 from service.protocol.v1 import decode_v1_instances, encode_v1_predictions
 from service.protocol.v2 import decode_infer_request, encode_infer_response
 from service.repository import parse_version
+from service.settings import ServiceSettings
 
 router = APIRouter()
 
@@ -83,7 +85,7 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
         req = await asyncio.to_thread(decode_infer_request, body, model.config, header_length)
     else:
         req = decode_infer_request(body, model.config, header_length)
-    outputs = await model.infer(req.inputs, req.batch_size)
+    outputs = await _with_timeout(model.infer(req.inputs, req.batch_size), ctx.settings)
     content, json_length = encode_infer_response(
         model_name, str(model.version), req, outputs, model.config
     )
@@ -94,6 +96,16 @@ async def _infer(request: Request, model_name: str, version: str | None) -> Resp
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(json_length)},
     )
+
+
+async def _with_timeout(call: Awaitable[Arrays], settings: ServiceSettings) -> Arrays:
+    try:
+        async with asyncio.timeout(settings.request_timeout):
+            return await call
+    except TimeoutError:
+        raise Timeout(
+            f"no result within the request timeout of {settings.request_timeout} s"
+        ) from None
 
 
 @router.post("/v2/models/{model_name}/infer")
@@ -117,5 +129,5 @@ async def _predict_v1(request: Request, model_name: str) -> Response:
     body = await read_body(request, ctx.settings.max_body_bytes)
     inputs = decode_v1_instances(body, model.config)
     batch = next(iter(inputs.values())).shape[0]
-    outputs = await model.infer(inputs, batch)
+    outputs = await _with_timeout(model.infer(inputs, batch), ctx.settings)
     return Response(encode_v1_predictions(outputs, model.config), media_type="application/json")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.errors import Conflict, ServiceError
+from service.errors import Conflict, ServiceError, ShuttingDown
 from service.metrics import ServiceMetrics
 from service.recalibration.backend import open_forward, write_statistics
 from service.recalibration.job import JobResult, RecalibrationJob
@@ -57,9 +57,16 @@ class Recalibrator:
         self._max_bytes = max_bytes
         self._threads = threads
         self._running: set[str] = set()
+        self._stopping = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recalibration")
 
+    def stop(self) -> None:
+        """Abort running recalibrations: each ends with ``ShuttingDown`` and writes nothing
+        (one already renaming its version into place finishes: that step is atomic)."""
+        self._stopping.set()
+
     def close(self) -> None:
+        self.stop()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def run(
@@ -72,6 +79,7 @@ class Recalibrator:
     ) -> dict[str, Any]:
         """Recalibrate ``name`` (its serving version unless ``version``) on the streamed body."""
         model = await self._registry.get_version(name, version)
+        self._check_stopping()
         if name in self._running:
             raise Conflict(f"a recalibration of model '{name}' is already running")
         self._running.add(name)
@@ -81,12 +89,39 @@ class Recalibrator:
             report = await self._run(model, params, content_type, chunks)
             outcome = "dry_run" if params.dry_run else "written"
             return report
+        except ShuttingDown:
+            raise
         except ServiceError:
             outcome = "failed"
             raise
         finally:
             self._running.discard(name)
             self._observe(name, outcome, time.perf_counter() - started)
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise ShuttingDown(
+                "the server is shutting down: recalibration aborted, nothing written"
+            )
+
+    async def _until_stopped(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``chunks``, ending with ``ShuttingDown`` as soon as ``stop()`` is called, even while
+        waiting for a slow client."""
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        iterator = aiter(chunks)
+        try:
+            while True:
+                receive = asyncio.ensure_future(anext(iterator))
+                await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    receive.cancel()
+                    self._check_stopping()
+                try:
+                    yield receive.result()
+                except StopAsyncIteration:
+                    return
+        finally:
+            stopping.cancel()
 
     def _observe(self, name: str, outcome: str, seconds: float) -> None:
         if self._metrics is None:
@@ -111,10 +146,11 @@ class Recalibrator:
         job = RecalibrationJob(
             model.config, layers, forward, params, content_type, self._max_samples, self._max_bytes
         )
-        async for chunk in chunks:
+        async for chunk in self._until_stopped(chunks):
             if chunk:
                 await loop.run_in_executor(self._executor, job.feed, chunk)
         result = await loop.run_in_executor(self._executor, job.finish)
+        self._check_stopping()
         if self._metrics is not None:
             self._metrics.recalibration_samples.labels(model.name).inc(result.samples)
         report = build_report(model.name, model.version, params, content_type, result)

@@ -1,0 +1,96 @@
+"""Limits and shutdown: request timeout (504), full queue (503), SIGTERM during recalibration."""
+
+import io
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from service.examples import load_digits_split
+from tests.conftest import ADMIN_TOKEN, make_client, start_server
+from tests.helpers import infer_body, sample_inputs
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_a_request_over_the_timeout_gets_504(model_repo: Path) -> None:
+    with make_client(model_repo, request_timeout=1e-9) as client:
+        response = client.post(
+            "/v2/models/digits/infer", content=infer_body(sample_inputs("digits", 1))
+        )
+        assert response.status_code == 504
+        assert "timeout" in response.json()["error"]
+
+
+def test_a_full_queue_answers_503_with_retry_after(model_repo: Path, tmp_path: Path) -> None:
+    config = model_repo / "digits" / "config.toml"
+    config.write_text(config.read_text() + "\n[batching]\nmax_queue = 1\n")
+    server = start_server(model_repo, tmp_path / "server.log")
+    body = infer_body(sample_inputs("digits", 64))
+    try:
+        with httpx.Client(base_url=server.url, limits=httpx.Limits(max_connections=64)) as http:
+
+            def call(_: int) -> httpx.Response:
+                return http.post("/v2/models/digits/infer", content=body)
+
+            refused: list[httpx.Response] = []
+            for _ in range(10):  # a burst of 64 concurrent requests overflows a queue of 1
+                with ThreadPoolExecutor(32) as pool:
+                    responses = list(pool.map(call, range(64)))
+                assert {r.status_code for r in responses} <= {200, 503}
+                refused = [r for r in responses if r.status_code == 503]
+                if refused:
+                    break
+    finally:
+        server.stop()
+    assert refused, "no request was refused"
+    assert refused[0].headers["retry-after"] == "1"
+    assert "queue is full" in refused[0].json()["error"]
+
+
+def _slow_npy(samples: np.ndarray, pause: float) -> Iterator[bytes]:
+    buffer = io.BytesIO()
+    np.save(buffer, samples)
+    body = buffer.getvalue()
+    for start in range(0, len(body), 4096):
+        yield body[start : start + 4096]
+        time.sleep(pause)
+
+
+def test_sigterm_aborts_a_recalibration_without_writing(model_repo: Path, tmp_path: Path) -> None:
+    server = start_server(model_repo, tmp_path / "server.log")
+    before = _tree(model_repo)
+    samples = np.tile(load_digits_split()[2], (4, 1, 1, 1))  # ~740 KB, streamed over ~9 s
+    result: dict[str, httpx.Response] = {}
+
+    def upload() -> None:
+        result["response"] = httpx.post(
+            f"{server.url}/v2/models/digits/recalibrate",
+            content=_slow_npy(samples, 0.05),
+            headers=ADMIN | {"Content-Type": "application/x-npy"},
+            timeout=60,
+        )
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    time.sleep(1.5)
+    server.process.send_signal(signal.SIGTERM)
+    thread.join(30)
+    try:
+        # uvicorn re-raises the signal once it has shut down gracefully
+        assert server.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
+    response = result["response"]
+    assert response.status_code == 503, response.text
+    assert "shutting down" in response.json()["error"]
+    assert _tree(model_repo) == before
