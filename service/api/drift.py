@@ -6,12 +6,13 @@ from starlette.responses import Response
 
 from service.api.auth import require_admin
 from service.api.context import context
+from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
 from service.errors import InvalidInput
 from service.registry import LoadedModel
 from service.repository import parse_version
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 async def _model(request: Request, name: str, version: str | None) -> LoadedModel:

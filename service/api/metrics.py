@@ -6,8 +6,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.context import context
+from service.api.openapi import ERROR_RESPONSES
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.get("/metrics")

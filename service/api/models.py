@@ -8,13 +8,14 @@ from starlette.responses import Response
 
 from service.api.context import context
 from service.api.errors import error_response
+from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
 from service.backends.base import NormLayer
 from service.errors import ModelNotReady
 from service.registry import LoadedModel
 from service.repository import parse_version
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 async def _model(request: Request, name: str, version: str | None) -> LoadedModel:

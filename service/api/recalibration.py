@@ -9,13 +9,14 @@ from starlette.responses import Response
 
 from service.api.auth import require_admin
 from service.api.context import context
+from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
 from service.errors import UnsupportedMediaType
 from service.recalibration.params import make_params
 from service.repository import parse_version
 from service.streams import MEDIA_TYPES
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 log = logging.getLogger(__name__)
 
 _STREAM_BODY = {

@@ -10,10 +10,11 @@ from starlette.responses import Response
 from service.api.auth import require_admin
 from service.api.body import read_body
 from service.api.context import ServiceContext, context
+from service.api.openapi import ERROR_RESPONSES, INDEX_RESPONSES, REPOSITORY_INDEX
 from service.api.responses import json_response
 from service.errors import InvalidInput
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 _INDEX_BODY_LIMIT = 64 * 1024
 
 
@@ -24,7 +25,7 @@ def _index_entry(ctx: ServiceContext, name: str) -> dict[str, Any]:
     return {"name": name, "version": "", "state": "UNAVAILABLE", "reason": "unloaded"}
 
 
-@router.post("/v2/repository/index")
+@router.post("/v2/repository/index", openapi_extra=REPOSITORY_INDEX, responses=INDEX_RESPONSES)
 async def index(request: Request) -> Response:
     ctx = context(request)
     body = await read_body(request, _INDEX_BODY_LIMIT)

@@ -12,6 +12,7 @@ from service import __version__
 from service.api.body import read_body
 from service.api.context import context
 from service.api.errors import error_response, status_of
+from service.api.openapi import ERROR_RESPONSES, INFER, INFER_RESPONSES, V1_PREDICT, V1_RESPONSES
 from service.api.responses import json_response
 from service.backends.base import Arrays
 from service.errors import InvalidInput, ServiceError, Timeout
@@ -20,7 +21,7 @@ from service.protocol.v2 import decode_infer_request, encode_infer_response
 from service.repository import parse_version
 from service.settings import ServiceSettings
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "bn_recalibration", "bn_drift"]
 _THREAD_DECODE_BYTES = 256 * 1024
@@ -108,17 +109,21 @@ async def _with_timeout(call: Awaitable[Arrays], settings: ServiceSettings) -> A
         ) from None
 
 
-@router.post("/v2/models/{model_name}/infer")
+@router.post("/v2/models/{model_name}/infer", openapi_extra=INFER, responses=INFER_RESPONSES)
 async def infer(request: Request, model_name: str) -> Response:
     return await _observed(request, model_name, lambda: _infer(request, model_name, None))
 
 
-@router.post("/v2/models/{model_name}/versions/{version}/infer")
+@router.post(
+    "/v2/models/{model_name}/versions/{version}/infer",
+    openapi_extra=INFER,
+    responses=INFER_RESPONSES,
+)
 async def infer_version(request: Request, model_name: str, version: str) -> Response:
     return await _observed(request, model_name, lambda: _infer(request, model_name, version))
 
 
-@router.post("/v1/models/{model_name}:predict")
+@router.post("/v1/models/{model_name}:predict", openapi_extra=V1_PREDICT, responses=V1_RESPONSES)
 async def predict_v1(request: Request, model_name: str) -> Response:
     return await _observed(request, model_name, lambda: _predict_v1(request, model_name))
 
