@@ -45,5 +45,9 @@ class Timeout(ServiceError):
     """The request did not finish within the configured time."""
 
 
+class InsufficientStorage(ServiceError):
+    """The repository's filesystem is full (or over quota); nothing was written."""
+
+
 class ShuttingDown(ServiceError):
     """The server is stopping; the operation was abandoned without writing anything."""

@@ -177,11 +177,13 @@ class ModelRegistry:
             return new
 
     async def unload(self, name: str) -> None:
+        """Unload ``name``; a model that is not loaded stays so, without error (as in Triton's
+        model-repository extension). ``ModelNotFound`` if the repository has no such model."""
         async with self._lock(name):
             entry = self._entries.pop(name, None)
             if entry is None:
                 self.repository.model_dir(name)
-                raise ModelNotReady(f"model '{name}' is not loaded")
+                return
             await self._close_entry(entry)
 
     async def close(self) -> None:

@@ -8,7 +8,8 @@ Layout (Triton-like)::
 
 Atomicity: a version is written into a hidden temporary folder, fsynced, and renamed to its
 number; ``active`` is replaced with ``os.replace``. A crash leaves either the old state or the
-new one. Names and versions are validated before they touch the filesystem.
+new one. Names and versions are validated before they touch the filesystem. A full
+filesystem (or quota) fails a write with ``InsufficientStorage`` and leaves nothing behind.
 """
 
 import errno
@@ -17,18 +18,20 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from service.config import ModelConfig, load_model_config
-from service.errors import ConfigError, InvalidInput, ModelNotFound
+from service.errors import ConfigError, InsufficientStorage, InvalidInput, ModelNotFound
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
 _TMP_PREFIX = ".tmp-"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def parse_version(text: str) -> int:
@@ -55,6 +58,18 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(dirpath))
+
+
+@contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    """Report a full filesystem or an exhausted quota as ``InsufficientStorage`` saying
+    ``what`` could not be written; any other ``OSError`` stays what it is (a server fault)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        raise InsufficientStorage(f"{what}: {os.strerror(exc.errno)}") from exc
 
 
 class ModelRepository:
@@ -132,17 +147,18 @@ class ModelRepository:
         folder = self.model_dir(name)
         if version not in self.versions(name):
             raise ModelNotFound(f"model '{name}' has no version {version}")
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(f"{version}\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, folder / "active")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(folder)
+        with _storage_errors(f"cannot make version {version} of model '{name}' active"):
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(f"{version}\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, folder / "active")
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            _fsync_dir(folder)
 
     def sweep_temporaries(self, older_than: float = 3600.0) -> list[Path]:
         """Remove hidden temporary folders and files a crashed writer left behind.
@@ -171,9 +187,15 @@ class ModelRepository:
 
         The number is allocated by the rename itself (``os.rename`` of a folder onto an existing
         non-empty one fails), so concurrent writers on a shared repository never collide.
-        If ``write`` raises, nothing is left behind.
+        If ``write`` raises, nothing is left behind; out of space, it raises
+        ``InsufficientStorage``.
         """
         folder = self.model_dir(name)
+        with _storage_errors(f"cannot write a new version of model '{name}'"):
+            return self._write_version(folder, write)
+
+    @staticmethod
+    def _write_version(folder: Path, write: Callable[[Path], None]) -> int:
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=folder))
         try:
             write(tmp)

@@ -3,12 +3,9 @@
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
-from onnx import numpy_helper
 
-from service.backends.torch_backend import load_program
 from tests.conftest import ADMIN_TOKEN, make_client
 from tests.helpers import (
     EXAMPLE_MODELS,
@@ -19,6 +16,7 @@ from tests.helpers import (
     reference_forward,
     sample_inputs,
 )
+from tests.recalibration_support import file_statistics
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -55,37 +53,12 @@ def test_onnx_and_torch_forms_agree(bundled_client: TestClient, family: str) -> 
     )
 
 
-def _file_statistics(model: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Running statistics read straight from the model file, with onnx / torch, no bnserve code."""
-    folder = MODELS / model / "1"
-    if (folder / "model.onnx").exists():
-        graph = onnx.load(folder / "model.onnx").graph
-        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        return {
-            node.input[3].removesuffix(".running_mean"): (
-                inits[node.input[3]],
-                inits[node.input[4]],
-            )
-            for node in graph.node
-            if node.op_type == "BatchNormalization"
-        }
-    state = load_program(folder / "model.pt2").state_dict
-    return {
-        key.removesuffix(".running_mean"): (
-            state[key].numpy(),
-            state[key.replace("running_mean", "running_var")].numpy(),
-        )
-        for key in state
-        if key.endswith(".running_mean")
-    }
-
-
 @pytest.mark.parametrize("model", EXAMPLE_MODELS)
 def test_stats_are_the_running_statistics_stored_in_the_file(
     bundled_client: TestClient, model: str
 ) -> None:
     body = bundled_client.get(f"/v2/models/{model}/stats").json()
-    expected = _file_statistics(model)
+    expected = file_statistics(MODELS / model / "1")
     served = {layer["name"]: layer for layer in body["layers"] if not layer["batch_independent"]}
     assert served.keys() == expected.keys()
     for name, (mean, var) in expected.items():

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import drift, metrics, models, recalibration, repository, status, v2
+from service.api import drift, fastpath, metrics, models, recalibration, repository, status, v2
 from service.api.context import ServiceContext
 from service.api.errors import install_error_handlers
 from service.drift.collector import DriftCollector
@@ -90,4 +90,5 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(drift.router)
     app.include_router(status.router)
+    app.router.routes[0:0] = fastpath.ROUTES  # matched first: see fastpath.py
     return app

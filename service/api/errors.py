@@ -22,6 +22,7 @@ STATUS: dict[type[errors.ServiceError], int] = {
     errors.Overloaded: 503,
     errors.ShuttingDown: 503,
     errors.Timeout: 504,
+    errors.InsufficientStorage: 507,
 }
 
 _HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {

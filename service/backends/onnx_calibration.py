@@ -28,15 +28,18 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper, version_converter
 
 from service.backends.calibration import Statistics, checked_statistics, select_layers
-from service.backends.onnx_backend import load_model, onnx_layers, session_options
+from service.backends.onnx_backend import load_model, onnx_layers
 from service.backends.onnx_graph import (
     all_nodes,
+    batch_norm_nodes,
     default_opset,
     fresh_name,
+    rewritten_session,
+    run_outputs,
     set_own_constant,
     used_names,
 )
-from service.errors import ConfigError, InvalidInput
+from service.errors import ConfigError
 from service.stats.moments import Moments
 
 _TRAINING_OPSET = 14  # training_mode and the running_mean/running_var outputs
@@ -70,11 +73,7 @@ class OnnxBatchStats:
         self._outputs = [name for tap in taps.values() for name in (tap.mean, tap.var, tap.size)]
 
     def batch_moments(self, inputs: Mapping[str, npt.NDArray[np.generic]]) -> dict[str, Moments]:
-        missing = [name for name in self._input_names if name not in inputs]
-        if missing:
-            raise InvalidInput(f"missing model input(s) {missing}")
-        feed = {name: inputs[name] for name in self._input_names}
-        values = dict(zip(self._outputs, self._session.run(self._outputs, feed), strict=True))
+        values = run_outputs(self._session, self._input_names, self._outputs, inputs)
         moments: dict[str, Moments] = {}
         for name, tap in self._taps.items():
             n = float(values[tap.size]) / self._channels[name]
@@ -100,7 +99,7 @@ def onnx_batch_stats(
             opset = 15
         except Exception:  # the converter lacks adapters for many ops: fall back, same numbers
             portable = True
-    found = _batch_norm_nodes(model)
+    found = batch_norm_nodes(model.graph)
     if len(found) != len(names):
         raise ConfigError(f"{path}: the opset conversion changed the BatchNormalization nodes")
     nodes = dict(zip(names, found, strict=True))
@@ -110,14 +109,7 @@ def onnx_batch_stats(
         for name in selected
     }
     graph.finish()
-    try:
-        session = ort.InferenceSession(
-            model.SerializeToString(),
-            sess_options=session_options(threads),
-            providers=["CPUExecutionProvider"],
-        )
-    except Exception as exc:  # onnxruntime raises its own types
-        raise ConfigError(f"{path}: onnxruntime cannot load the calibration graph: {exc}") from exc
+    session = rewritten_session(model, threads, path, "the calibration graph")
     return OnnxBatchStats(session, taps, {name: names[name] for name in selected})
 
 
@@ -131,15 +123,6 @@ def _layer_names(model: onnx.ModelProto, path: Path) -> dict[str, int]:
     if len(names) != len(layers):
         raise ConfigError(f"{path}: two BatchNormalization nodes have the same layer name")
     return names
-
-
-def _batch_norm_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    # the same nodes, in the same order, as onnx_layers' BatchNorm layers
-    return [
-        node
-        for node in model.graph.node
-        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
-    ]
 
 
 class _Rewriter:
@@ -281,7 +264,7 @@ def write_onnx_statistics(src: Path, dest: Path, stats: Statistics) -> None:
     model = load_model(src)
     names = _layer_names(model, src)
     checked = checked_statistics(names, stats)
-    nodes = dict(zip(names, _batch_norm_nodes(model), strict=True))
+    nodes = dict(zip(names, batch_norm_nodes(model.graph), strict=True))
     used = used_names(model.graph)
     for name, (mean, var) in checked.items():
         set_own_constant(model, nodes[name], 3, mean, used)

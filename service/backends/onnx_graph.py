@@ -1,15 +1,34 @@
-"""Small edits of ONNX graphs by tensor name, shared by the calibration rewrites and the
-statistics writer. A tensor name is unique in a graph (SSA), subgraphs included."""
+"""Small edits of ONNX graphs by tensor name, shared by the rewrites (calibration, taps)
+and the statistics writer, and the running of a rewritten copy. A tensor name is unique
+in a graph (SSA), subgraphs included."""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+from service.backends.onnx_backend import session_options
+from service.errors import ConfigError, InvalidInput
 
 
 def default_opset(model: onnx.ModelProto) -> int:
     """The version of the default (``ai.onnx``) operator set the model imports."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def batch_norm_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The graph's standard ``BatchNormalization`` nodes, in node order: the same nodes, in
+    the same order, as ``onnx_layers``' BatchNorm layers."""
+    return [
+        node
+        for node in graph.node
+        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
+    ]
 
 
 def all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -126,3 +145,33 @@ def set_own_constant(
     graph.initializer.append(tensor)
     if model.ir_version < 4:  # initializers had to be listed as graph inputs then
         graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, None))
+
+
+def rewritten_session(
+    model: onnx.ModelProto, threads: int, path: Path, what: str
+) -> ort.InferenceSession:
+    """A CPU session with the serving options on ``model``, a rewritten copy of the file at
+    ``path``; ``ConfigError`` naming ``what`` (e.g. "the tapped graph") if it cannot load."""
+    try:
+        return ort.InferenceSession(
+            model.SerializeToString(),
+            sess_options=session_options(threads),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own types
+        raise ConfigError(f"{path}: onnxruntime cannot load {what}: {exc}") from exc
+
+
+def run_outputs(
+    session: ort.InferenceSession,
+    input_names: list[str],
+    outputs: list[str],
+    inputs: Mapping[str, npt.NDArray[Any]],
+) -> dict[str, npt.NDArray[Any]]:
+    """``outputs`` by name, computed from the ``input_names`` entries of ``inputs`` (others
+    are ignored); ``InvalidInput`` naming any that is missing."""
+    missing = [name for name in input_names if name not in inputs]
+    if missing:
+        raise InvalidInput(f"missing model input(s) {missing}")
+    feed = {name: inputs[name] for name in input_names}
+    return dict(zip(outputs, session.run(outputs, feed), strict=True))

@@ -33,10 +33,17 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from service.backends.base import Arrays
-from service.backends.onnx_backend import load_model, onnx_layers, session_options
-from service.backends.onnx_graph import default_opset, fresh_name, used_names
+from service.backends.onnx_backend import load_model, onnx_layers
+from service.backends.onnx_graph import (
+    batch_norm_nodes,
+    default_opset,
+    fresh_name,
+    rewritten_session,
+    run_outputs,
+    used_names,
+)
 from service.backends.taps import SampleMoments
-from service.errors import ConfigError, InvalidInput
+from service.errors import ConfigError
 
 _AXES_AS_INPUT_OPSET = 18  # ReduceMean and ReduceSumSquare take their axes as an input
 _WIDENED = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
@@ -69,11 +76,7 @@ class OnnxTaps:
         ]
 
     def sample_moments(self, inputs: Arrays) -> dict[str, SampleMoments]:
-        missing = [name for name in self._input_names if name not in inputs]
-        if missing:
-            raise InvalidInput(f"missing model input(s) {missing}")
-        feed = {name: inputs[name] for name in self._input_names}
-        values = dict(zip(self._outputs, self._session.run(self._outputs, feed), strict=True))
+        values = run_outputs(self._session, self._input_names, self._outputs, inputs)
         return {name: _sample_moments(tap, values) for name, tap in self._taps.items()}
 
 
@@ -97,25 +100,13 @@ def onnx_taps(path: Path, threads: int = 0) -> OnnxTaps:
         names = [layer.name for layer in onnx_layers(model) if not layer.batch_independent]
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    nodes = [
-        node
-        for node in model.graph.node
-        if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx")
-    ]
+    nodes = batch_norm_nodes(model.graph)
     if len(set(names)) != len(names) or len(nodes) != len(names):
         raise ConfigError(f"{path}: cannot name the BatchNormalization nodes uniquely: {names}")
     builder = _TapBuilder(model)
     taps = {name: builder.tap(node.input[0], name) for name, node in zip(names, nodes, strict=True)}
     builder.finish(taps.values())
-    try:
-        session = ort.InferenceSession(
-            model.SerializeToString(),
-            sess_options=session_options(threads),
-            providers=["CPUExecutionProvider"],
-        )
-    except Exception as exc:  # onnxruntime raises its own types
-        raise ConfigError(f"{path}: onnxruntime cannot load the tapped graph: {exc}") from exc
-    return OnnxTaps(session, taps)
+    return OnnxTaps(rewritten_session(model, threads, path, "the tapped graph"), taps)
 
 
 class _TapBuilder:

@@ -9,6 +9,7 @@ if asked. Any error or a client disconnect before that point writes nothing.
 
 import asyncio
 import functools
+import io
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,11 @@ def _write_version_files(
     report_bytes = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     (dest / "recalibration.json").write_bytes(report_bytes)
     if len(result.reference) == 1:
-        np.save(dest / "reference.npy", next(iter(result.reference.values())), allow_pickle=False)
+        # Through a buffer: numpy's fast path to a real file reports a full disk as a bare
+        # OSError without its errno, which would pass for a server fault.
+        buffer = io.BytesIO()
+        np.save(buffer, next(iter(result.reference.values())), allow_pickle=False)
+        (dest / "reference.npy").write_bytes(buffer.getbuffer())
     else:
         np.savez(dest / "reference.npz", **result.reference)  # type: ignore[arg-type]
 

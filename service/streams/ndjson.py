@@ -134,6 +134,9 @@ class NdjsonParser:
             try:
                 values.append(orjson.loads(line))
             except orjson.JSONDecodeError as exc:
+                # An earlier line's bad value is the first problem, whatever the chunking.
+                for value, earlier in zip(values, numbers, strict=True):
+                    self._line_batch(value, earlier)
                 raise InvalidInput(
                     f"line {number}: invalid JSON at column {exc.colno}: {exc.msg}"
                 ) from None
