@@ -158,6 +158,7 @@ BAD_STREAMS: dict[str, BadStream] = {
         ["momentum", "cumulative"],
     ),
     "prior with ema": (NPY, npy_body(DIGITS), {"mode": "ema", "prior": 10}, 400, ["prior", "ema"]),
+    "infinite prior": (NPY, npy_body(DIGITS), {"prior": "inf"}, 400, ["prior", "finite"]),
     "momentum out of range": (
         NPY,
         npy_body(DIGITS),

@@ -309,8 +309,9 @@ LIMITED = [
     ("/v2/models/wine/versions/1/infer", {}, LIMIT),
     ("/v1/models/wine:predict", {}, LIMIT),
     ("/v2/repository/index", {}, INDEX_LIMIT),
+    ("/v2/models/wine/recalibrate", {"Authorization": ADMIN, **RAW}, LIMIT),
 ]
-STREAMED = [*LIMITED, ("/v2/models/wine/recalibrate", {"Authorization": ADMIN, **RAW}, LIMIT)]
+STREAMED = LIMITED
 
 
 @pytest.mark.parametrize(("path", "headers", "limit"), LIMITED, ids=[p for p, _, _ in LIMITED])

@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from service.api.context import context
 from service.api.openapi import ERROR_RESPONSES
@@ -11,7 +11,7 @@ from service.api.openapi import ERROR_RESPONSES
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     registry = context(request).metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

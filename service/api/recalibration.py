@@ -11,7 +11,7 @@ from service.api.auth import require_admin
 from service.api.context import context
 from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
-from service.errors import UnsupportedMediaType
+from service.errors import PayloadTooLarge, UnsupportedMediaType
 from service.recalibration.params import make_params
 from service.repository import parse_version
 from service.streams import MEDIA_TYPES
@@ -41,6 +41,12 @@ async def _recalibrate(
     if not content_type:
         raise UnsupportedMediaType(
             f"a Content-Type header is required: one of {', '.join(MEDIA_TYPES)}"
+        )
+    declared = request.headers.get("content-length", "")
+    limit = ctx.settings.recalibration_max_bytes
+    if declared.isdigit() and int(declared) > limit:  # refused before a byte is read
+        raise PayloadTooLarge(
+            f"recalibration body of {declared} bytes is over the limit of {limit}"
         )
     model = await ctx.registry.get_version(
         model_name, None if version is None else parse_version(version)

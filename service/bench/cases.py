@@ -159,6 +159,18 @@ def case_e(bench: Bench) -> list[Row]:
         write_resnet_repository, onnx_file=onnx_file, image_size=bench.image_size
     )
     with bench.server("e", write) as server:
+        # The first recalibration of a version builds its calibration graph (a model load and
+        # a rewrite, kept for later ones): time that apart from the steady-state throughput.
+        warm = data[:batch]
+        warmup = post_stream(
+            server.host,
+            server.port,
+            path,
+            npy_chunks(warm, batch),
+            len(npy_header(warm.shape)) + warm.nbytes,
+            "application/x-npy",
+            AUTH,
+        )
         bench.log(f"[e] streaming {count} samples ({data.nbytes / MB:.0f} MB) to recalibrate")
         upload = post_stream(
             server.host,
@@ -178,7 +190,8 @@ def case_e(bench: Bench) -> list[Row]:
     note = (
         f"{count} samples 3x{bench.image_size}x{bench.image_size}, batch {batch}; service "
         f"{upload.seconds:.2f} s over HTTP ({job_seconds:.2f} s in the job), "
-        f"update_bn {torch_seconds:.2f} s"
+        f"update_bn {torch_seconds:.2f} s; the first recalibration of the version also built "
+        f"its calibration graph ({warmup.seconds:.2f} s for {batch} samples)"
     )
     target = Target(">=", 2.0, on_ratio=True)
     metric = "resnet18 recalibration samples/s, npy, dry run"

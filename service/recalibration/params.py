@@ -1,6 +1,7 @@
 """The parameters of one recalibration, defaulted from ``config.toml`` and validated."""
 
 import fnmatch
+import math
 from dataclasses import dataclass
 
 from service.backends.base import NormLayer
@@ -51,14 +52,14 @@ def make_params(
     if not 2 <= size <= 65_536:
         raise InvalidInput(f"batch_size {size} is out of range [2, 65536]")
     strength = (defaults.prior if chosen != "ema" else 0.0) if prior is None else prior
-    if strength < 0:
-        raise InvalidInput(f"prior {strength} must be >= 0")
+    if not (math.isfinite(strength) and strength >= 0):
+        raise InvalidInput(f"prior {strength} must be a finite number >= 0")
     if chosen == "ema" and strength > 0:
         raise InvalidInput("prior does not apply to mode 'ema', which starts from the source")
     if chosen != "ema" and momentum is not None:
         raise InvalidInput(f"momentum applies only to mode 'ema', not {chosen!r}")
     rate = (defaults.momentum if momentum is None else momentum) if chosen == "ema" else None
-    if rate is not None and not 0.0 < rate <= 1.0:
+    if rate is not None and not (math.isfinite(rate) and 0.0 < rate <= 1.0):
         raise InvalidInput(f"momentum {rate} is out of range (0, 1]")
     return RecalibrationParams(chosen, size, strength, rate, layers or None, dry_run, activate)
 

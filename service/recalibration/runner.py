@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.backends.calibration import BatchStatsForward
 from service.errors import Conflict, ServiceError, ShuttingDown
 from service.metrics import ServiceMetrics
 from service.recalibration.backend import open_forward, write_statistics
@@ -63,6 +64,9 @@ class Recalibrator:
         self._threads = threads
         self._running: set[str] = set()
         self._stopping = asyncio.Event()
+        # The last calibration forward built per model: rebuilding it costs a model load and a
+        # graph rewrite (seconds for a large model); it is keyed by version and layers.
+        self._forwards: dict[str, tuple[int, tuple[str, ...], BatchStatsForward]] = {}
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="recalibration")
 
     def stop(self) -> None:
@@ -102,6 +106,19 @@ class Recalibrator:
         finally:
             self._running.discard(name)
             self._observe(name, outcome, time.perf_counter() - started)
+
+    def _forward(self, model: LoadedModel, layers: tuple[str, ...]) -> BatchStatsForward:
+        """The model version's calibration forward for ``layers``, built on first use.
+
+        Runs on the recalibration executor; at most one recalibration per model runs, so two
+        threads never build or use the same entry at once."""
+        cached = self._forwards.get(model.name)
+        if cached is not None and cached[:2] == (model.version, layers):
+            return cached[2]
+        source_dir = self._repository.version_dir(model.name, model.version)
+        forward = open_forward(model.config, source_dir, layers, self._threads)
+        self._forwards[model.name] = (model.version, layers, forward)
+        return forward
 
     def _check_stopping(self) -> None:
         if self._stopping.is_set():
@@ -145,9 +162,7 @@ class Recalibrator:
         layers = select_layers(model.backend.layers, params.layers)
         source_dir = self._repository.version_dir(model.name, model.version)
         names = tuple(layer.name for layer in layers)
-        forward = await loop.run_in_executor(
-            self._executor, open_forward, model.config, source_dir, names, self._threads
-        )
+        forward = await loop.run_in_executor(self._executor, self._forward, model, names)
         job = RecalibrationJob(
             model.config, layers, forward, params, content_type, self._max_samples, self._max_bytes
         )
