@@ -62,11 +62,13 @@ class ModelRegistry:
         self,
         repository: ModelRepository,
         threads: int = 0,
+        spinning: bool = False,
         batch_observer: Callable[[str], Callable[[int], None]] | None = None,
     ) -> None:
         """``batch_observer(model)`` returns a callback told the size of every model call."""
         self.repository = repository
         self._threads = threads
+        self._spinning = spinning
         self._batch_observer = batch_observer
         # One thread for every model's drift taps: off the request path, and bounded in cost.
         self._drift_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift")
@@ -193,7 +195,7 @@ class ModelRegistry:
 
     async def _load_version(self, name: str, config: ModelConfig, version: int) -> LoadedModel:
         path = self.repository.version_dir(name, version)
-        backend = await asyncio.to_thread(load_backend, path, config, self._threads)
+        backend = await asyncio.to_thread(load_backend, path, config, self._threads, self._spinning)
         drift = await asyncio.to_thread(
             make_monitor, config, path, backend.layers, self._drift_executor, self._threads
         )

@@ -27,6 +27,9 @@ class ServiceSettings(BaseSettings):
     """Seconds a stopping server waits for in-flight requests."""
     request_timeout: Annotated[float, Field(gt=0.0)] = 60.0
     """Longest an inference request may wait for its result (504 after that)."""
+    ort_spinning: bool = False
+    """Let onnxruntime's intra-op threads busy-wait between runs: lower idle latency, less
+    throughput under load on few cores."""
     model_threads: Annotated[int, Field(ge=0)] = 0
     """Intra-op threads per model session; 0 lets the runtime choose."""
     log_level: str = "info"

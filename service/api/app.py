@@ -45,6 +45,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         registry = ModelRegistry(
             repo,
             threads=settings.model_threads,
+            spinning=settings.ort_spinning,
             batch_observer=lambda model: service_metrics.batch_size.labels(model).observe,
         )
         service_metrics.add_collector(StateCollector(registry.model_states))

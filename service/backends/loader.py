@@ -11,10 +11,13 @@ from service.backends.base import Backend
 from service.config import ModelConfig, TensorSpec
 
 
-def load_backend(version_dir: Path, config: ModelConfig, threads: int = 0) -> Backend:
+def load_backend(
+    version_dir: Path, config: ModelConfig, threads: int = 0, spinning: bool = False
+) -> Backend:
     """Load ``version_dir / config.model_file`` with the backend that ``config.backend`` names.
 
-    ``threads`` is the intra-op thread count for the model (0: the runtime chooses).
+    ``threads`` is the intra-op thread count for the model (0: the runtime chooses);
+    ``spinning`` lets onnxruntime's intra-op threads busy-wait between runs.
     Raises ``ConfigError`` naming the file when it is missing, unreadable or invalid, or when
     its inputs and outputs do not match the config.
     """
@@ -22,7 +25,7 @@ def load_backend(version_dir: Path, config: ModelConfig, threads: int = 0) -> Ba
     if config.backend == "onnx":
         from service.backends.onnx_backend import OnnxBackend
 
-        return OnnxBackend(path, config, threads)
+        return OnnxBackend(path, config, threads, spinning)
     from service.backends.torch_backend import TorchBackend
 
     return TorchBackend(path, config, threads)

@@ -29,13 +29,18 @@ _PER_SAMPLE: dict[str, LayerKind] = {
 }
 
 
-def session_options(threads: int = 0) -> ort.SessionOptions:
+def session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
     """The options of every serving session: all graph optimizations (Conv+BN fusion among
-    them), sequential execution, ``threads`` intra-op threads (0: onnxruntime's default)."""
+    them), sequential execution, ``threads`` intra-op threads (0: onnxruntime's default).
+
+    ``spinning``: intra-op threads busy-wait for work between runs. That lowers an idle
+    server's latency (a woken thread answers sooner) but under load the spinning threads
+    take CPU from the event loop; off by default (see the README's benchmark section)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if threads > 0:
         options.intra_op_num_threads = threads
     return options
@@ -47,7 +52,9 @@ class OnnxBackend:
 
     platform = PLATFORM
 
-    def __init__(self, path: Path, config: ModelConfig, threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, config: ModelConfig, threads: int = 0, spinning: bool = False
+    ) -> None:
         self.path = path
         model = load_model(path)
         try:
@@ -58,7 +65,9 @@ class OnnxBackend:
         del model  # the session reads the file itself; the proto would only hold memory
         try:
             self._session = ort.InferenceSession(
-                str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+                str(path),
+                sess_options=session_options(threads, spinning),
+                providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # onnxruntime raises its own types for invalid graphs
             raise ConfigError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
