@@ -46,7 +46,7 @@ async def _recalibrate(
     limit = ctx.settings.recalibration_max_bytes
     if declared.isdigit() and int(declared) > limit:  # refused before a byte is read
         raise PayloadTooLarge(
-            f"recalibration body of {declared} bytes is over the limit of {limit}"
+            f"recalibration body of {declared} bytes is over the limit of {limit} bytes"
         )
     model = await ctx.registry.get_version(
         model_name, None if version is None else parse_version(version)
