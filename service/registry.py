@@ -62,7 +62,7 @@ class ModelRegistry:
         self,
         repository: ModelRepository,
         threads: int = 0,
-        spinning: bool = False,
+        spinning: bool | None = None,
         batch_observer: Callable[[str], Callable[[int], None]] | None = None,
     ) -> None:
         """``batch_observer(model)`` returns a callback told the size of every model call."""

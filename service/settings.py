@@ -27,9 +27,10 @@ class ServiceSettings(BaseSettings):
     """Seconds a stopping server waits for in-flight requests."""
     request_timeout: Annotated[float, Field(gt=0.0)] = 60.0
     """Longest an inference request may wait for its result (504 after that)."""
-    ort_spinning: bool = False
-    """Let onnxruntime's intra-op threads busy-wait between runs: lower idle latency, less
-    throughput under load on few cores."""
+    ort_spinning: bool | None = None
+    """Let onnxruntime's intra-op threads busy-wait between runs: lower latency, but on few
+    cores less throughput for small models. Unset: on for models whose one-sample call takes
+    1 ms or more, off for smaller ones."""
     model_threads: Annotated[int, Field(ge=0)] = 0
     """Intra-op threads per model session; 0 lets the runtime choose."""
     log_level: str = "info"

@@ -12,12 +12,13 @@ from service.config import ModelConfig, TensorSpec
 
 
 def load_backend(
-    version_dir: Path, config: ModelConfig, threads: int = 0, spinning: bool = False
+    version_dir: Path, config: ModelConfig, threads: int = 0, spinning: bool | None = None
 ) -> Backend:
     """Load ``version_dir / config.model_file`` with the backend that ``config.backend`` names.
 
     ``threads`` is the intra-op thread count for the model (0: the runtime chooses);
-    ``spinning`` lets onnxruntime's intra-op threads busy-wait between runs.
+    ``spinning`` lets onnxruntime's intra-op threads busy-wait between runs (``None``: chosen
+    by the model's cost, see ``OnnxBackend``).
     Raises ``ConfigError`` naming the file when it is missing, unreadable or invalid, or when
     its inputs and outputs do not match the config.
     """

@@ -6,6 +6,7 @@ pays nothing for them. The fused session bakes the statistics in: new statistics
 file and a new session.
 """
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from onnx import numpy_helper
 from service.backends.base import Arrays, LayerKind, NormLayer
 from service.backends.loader import FileTensor, check_tensor
 from service.config import ModelConfig
-from service.datatypes import to_datatype
+from service.datatypes import to_datatype, to_numpy
 from service.errors import ConfigError
 
 PLATFORM = "onnxruntime_onnx"
@@ -35,7 +36,7 @@ def session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOpti
 
     ``spinning``: intra-op threads busy-wait for work between runs. That lowers an idle
     server's latency (a woken thread answers sooner) but under load the spinning threads
-    take CPU from the event loop; off by default (see the README's benchmark section)."""
+    take CPU from the event loop (``OnnxBackend`` picks by the model's cost by default)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -53,8 +54,12 @@ class OnnxBackend:
     platform = PLATFORM
 
     def __init__(
-        self, path: Path, config: ModelConfig, threads: int = 0, spinning: bool = False
+        self, path: Path, config: ModelConfig, threads: int = 0, spinning: bool | None = None
     ) -> None:
+        """``spinning``: see ``session_options``; ``None`` chooses by the model's cost: on for
+        a model whose one-sample call takes ``SPIN_ABOVE_SECONDS`` or more (its many ops keep
+        the intra-op pool busy, and waking it per op is slow), off below (the event loop is
+        then the bottleneck, and spinning threads would take its CPU)."""
         self.path = path
         model = load_model(path)
         try:
@@ -63,21 +68,45 @@ class OnnxBackend:
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         del model  # the session reads the file itself; the proto would only hold memory
-        try:
-            self._session = ort.InferenceSession(
-                str(path),
-                sess_options=session_options(threads, spinning),
-                providers=["CPUExecutionProvider"],
-            )
-        except Exception as exc:  # onnxruntime raises its own types for invalid graphs
-            raise ConfigError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
         self._input_names = [spec.name for spec in config.inputs]
         self._output_names = [spec.name for spec in config.outputs]
+        self._session = _session(path, threads, spinning is not False)
+        if spinning is None and _call_seconds(self, config) < SPIN_ABOVE_SECONDS:
+            self._session = _session(path, threads, False)
 
     def predict(self, inputs: Arrays) -> Arrays:
         feed = {name: inputs[name] for name in self._input_names}
         outputs = self._session.run(self._output_names, feed)
         return dict(zip(self._output_names, outputs, strict=True))
+
+
+SPIN_ABOVE_SECONDS = 0.001
+
+
+def _session(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(
+            str(path),
+            sess_options=session_options(threads, spinning),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises its own types for invalid graphs
+        raise ConfigError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
+
+
+def _call_seconds(backend: "OnnxBackend", config: ModelConfig) -> float:
+    """The fastest of a few one-sample calls on zeros (after one warm-up call)."""
+    sample = {
+        spec.name: np.zeros((1, *spec.shape), dtype=to_numpy(spec.datatype))
+        for spec in config.inputs
+    }
+    backend.predict(sample)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        backend.predict(sample)
+        times.append(time.perf_counter() - started)
+    return min(times)
 
 
 def load_model(path: Path) -> onnx.ModelProto:
