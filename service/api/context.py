@@ -6,8 +6,8 @@ from starlette.requests import Request
 
 from service.metrics import ServiceMetrics
 from service.recalibration.runner import Recalibrator
-from service.registry import ModelRegistry
-from service.repository import ModelRepository
+from service.registry import LoadedModel, ModelRegistry
+from service.repository import ModelRepository, parse_version
 from service.settings import ServiceSettings
 
 
@@ -26,3 +26,9 @@ def context(request: Request) -> ServiceContext:
     ctx = request.app.state.context
     assert isinstance(ctx, ServiceContext)
     return ctx
+
+
+async def loaded_model(request: Request, name: str, version: str | None) -> LoadedModel:
+    """The model a ``/v2/models/{name}[/versions/{version}]`` path names, loaded on demand."""
+    registry = context(request).registry
+    return await registry.get_version(name, None if version is None else parse_version(version))

@@ -5,19 +5,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.auth import require_admin
-from service.api.context import context
+from service.api.context import loaded_model
 from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
 from service.errors import InvalidInput
 from service.registry import LoadedModel
-from service.repository import parse_version
 
 router = APIRouter(responses=ERROR_RESPONSES)
-
-
-async def _model(request: Request, name: str, version: str | None) -> LoadedModel:
-    registry = context(request).registry
-    return await registry.get_version(name, None if version is None else parse_version(version))
 
 
 def _monitored(model: LoadedModel) -> Response:
@@ -33,17 +27,17 @@ def _monitored(model: LoadedModel) -> Response:
 
 @router.get("/v2/models/{model_name}/drift")
 async def drift(request: Request, model_name: str) -> Response:
-    return _monitored(await _model(request, model_name, None))
+    return _monitored(await loaded_model(request, model_name, None))
 
 
 @router.get("/v2/models/{model_name}/versions/{version}/drift")
 async def version_drift(request: Request, model_name: str, version: str) -> Response:
-    return _monitored(await _model(request, model_name, version))
+    return _monitored(await loaded_model(request, model_name, version))
 
 
 @router.post("/v2/models/{model_name}/drift/reset", dependencies=[Depends(require_admin)])
 async def reset(request: Request, model_name: str) -> Response:
-    model = await _model(request, model_name, None)
+    model = await loaded_model(request, model_name, None)
     if model.drift is not None:
         model.drift.reset()
     return _monitored(model)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.api.context import context
+from service.api.context import context, loaded_model
 from service.api.errors import error_response
 from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
@@ -16,11 +16,6 @@ from service.registry import LoadedModel
 from service.repository import parse_version
 
 router = APIRouter(responses=ERROR_RESPONSES)
-
-
-async def _model(request: Request, name: str, version: str | None) -> LoadedModel:
-    registry = context(request).registry
-    return await registry.get_version(name, None if version is None else parse_version(version))
 
 
 def _metadata(request: Request, model: LoadedModel) -> dict[str, Any]:
@@ -41,12 +36,12 @@ def _metadata(request: Request, model: LoadedModel) -> dict[str, Any]:
 
 @router.get("/v2/models/{model_name}")
 async def model_metadata(request: Request, model_name: str) -> Response:
-    return json_response(_metadata(request, await _model(request, model_name, None)))
+    return json_response(_metadata(request, await loaded_model(request, model_name, None)))
 
 
 @router.get("/v2/models/{model_name}/versions/{version}")
 async def version_metadata(request: Request, model_name: str, version: str) -> Response:
-    return json_response(_metadata(request, await _model(request, model_name, version)))
+    return json_response(_metadata(request, await loaded_model(request, model_name, version)))
 
 
 def _ready(request: Request, model_name: str, version: str | None) -> Response:
@@ -92,9 +87,9 @@ def _stats(model: LoadedModel) -> Response:
 
 @router.get("/v2/models/{model_name}/stats")
 async def stats(request: Request, model_name: str) -> Response:
-    return _stats(await _model(request, model_name, None))
+    return _stats(await loaded_model(request, model_name, None))
 
 
 @router.get("/v2/models/{model_name}/versions/{version}/stats")
 async def version_stats(request: Request, model_name: str, version: str) -> Response:
-    return _stats(await _model(request, model_name, version))
+    return _stats(await loaded_model(request, model_name, version))

@@ -8,7 +8,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.api.auth import require_admin
-from service.api.context import context
+from service.api.context import context, loaded_model
 from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
 from service.errors import PayloadTooLarge, UnsupportedMediaType
@@ -48,9 +48,7 @@ async def _recalibrate(
         raise PayloadTooLarge(
             f"recalibration body of {declared} bytes is over the limit of {limit} bytes"
         )
-    model = await ctx.registry.get_version(
-        model_name, None if version is None else parse_version(version)
-    )
+    model = await loaded_model(request, model_name, version)
     params = make_params(model.config.recalibration, **query)
     try:
         report = await ctx.recalibrator.run(

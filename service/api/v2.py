@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from service import __version__
 from service.api.body import read_body
-from service.api.context import context
+from service.api.context import context, loaded_model
 from service.api.errors import error_response, status_of
 from service.api.openapi import ERROR_RESPONSES, INFER, INFER_RESPONSES, V1_PREDICT, V1_RESPONSES
 from service.api.responses import json_response
@@ -18,7 +18,6 @@ from service.backends.base import Arrays
 from service.errors import InvalidInput, ServiceError, Timeout
 from service.protocol.v1 import decode_v1_instances, encode_v1_predictions
 from service.protocol.v2 import decode_infer_request, encode_infer_response
-from service.repository import parse_version
 from service.settings import ServiceSettings
 
 router = APIRouter(responses=ERROR_RESPONSES)
@@ -77,9 +76,7 @@ async def _observed(
 
 async def _infer(request: Request, model_name: str, version: str | None) -> Response:
     ctx = context(request)
-    model = await ctx.registry.get_version(
-        model_name, None if version is None else parse_version(version)
-    )
+    model = await loaded_model(request, model_name, version)
     body = await read_body(request, ctx.settings.max_body_bytes)
     header_length = _header_length(request)
     if len(body) > _THREAD_DECODE_BYTES:
