@@ -148,14 +148,14 @@ def set_own_constant(
 
 
 def rewritten_session(
-    model: onnx.ModelProto, threads: int, path: Path, what: str
+    model: onnx.ModelProto, threads: int, path: Path, what: str, spinning: bool = False
 ) -> ort.InferenceSession:
     """A CPU session with the serving options on ``model``, a rewritten copy of the file at
     ``path``; ``ConfigError`` naming ``what`` (e.g. "the tapped graph") if it cannot load."""
     try:
         return ort.InferenceSession(
             model.SerializeToString(),
-            sess_options=session_options(threads),
+            sess_options=session_options(threads, spinning),
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises its own types
