@@ -51,9 +51,7 @@ async def _recalibrate(
     model = await loaded_model(request, model_name, version)
     params = make_params(model.config.recalibration, **query)
     try:
-        report = await ctx.recalibrator.run(
-            model_name, model.version, params, content_type, request.stream()
-        )
+        report = await ctx.recalibrator.run(model, params, content_type, request.stream())
     except ClientDisconnect:
         log.warning("recalibration of %s abandoned: the client disconnected", model_name)
         return Response(status_code=499)

@@ -80,14 +80,13 @@ class Recalibrator:
 
     async def run(
         self,
-        name: str,
-        version: int | None,
+        model: LoadedModel,
         params: RecalibrationParams,
         content_type: str,
         chunks: AsyncIterator[bytes],
     ) -> dict[str, Any]:
-        """Recalibrate ``name`` (its serving version unless ``version``) on the streamed body."""
-        model = await self._registry.get_version(name, version)
+        """Recalibrate the loaded model version ``model`` on the streamed body."""
+        name = model.name
         self._check_stopping()
         if name in self._running:
             raise Conflict(f"a recalibration of model '{name}' is already running")
