@@ -107,6 +107,29 @@ def start_server(models: Path, log: Path, timeout: float = 60.0, **env: str) -> 
     raise RuntimeError(f"server not ready after {timeout} s: {log.read_text()}")
 
 
+class RestartableServer:
+    """``bnserve serve`` on one repository, for tests that kill it and start it again."""
+
+    def __init__(self, repo: Path, logs: Path) -> None:
+        self.repo, self.logs, self.starts = repo, logs, 0
+        self._live: LiveServer | None = None
+
+    @property
+    def live(self) -> LiveServer:
+        assert self._live is not None, "call start() first"
+        return self._live
+
+    def start(self) -> LiveServer:
+        """Start (again) on the same repository, logging to ``server-<n>.log``."""
+        self.starts += 1
+        self._live = start_server(self.repo, self.logs / f"server-{self.starts}.log")
+        return self._live
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+
 @pytest.fixture
 def live_server(model_repo: Path, tmp_path: Path) -> Iterator[LiveServer]:
     server = start_server(model_repo, tmp_path / "server.log")

@@ -15,7 +15,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 
 from service.examples.data import corrupt, load_digits_split
-from tests.conftest import BUNDLED_MODELS, LiveServer, start_server
+from tests.conftest import BUNDLED_MODELS, LiveServer, RestartableServer
 from tests.helpers import assert_rel_close, infer_body, output_of
 from tests.recalibration_support import (
     ADMIN,
@@ -49,31 +48,17 @@ TRIALS = [
 ]
 
 
-@dataclass
-class Server:
-    repo: Path
-    log_dir: Path
-    live: LiveServer | None = None
-    starts: int = 0
-
-    def start(self) -> LiveServer:
-        self.starts += 1
-        self.live = start_server(self.repo, self.log_dir / f"server-{self.starts}.log")
-        return self.live
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[RestartableServer]:
     repo = tmp_path / "models"
     for model in MODELS:
         shutil.copytree(BUNDLED_MODELS / model, repo / model)
-    holder = Server(repo, tmp_path)
+    holder = RestartableServer(repo, tmp_path)
     holder.start()
     try:
         yield holder
     finally:
-        if holder.live is not None:
-            holder.live.stop()
+        holder.stop()
 
 
 def numbered(folder: Path) -> set[int]:
@@ -166,7 +151,9 @@ def _check_repository(live: LiveServer, repo: Path, outputs: dict[str, np.ndarra
 
 
 @pytest.mark.slow
-def test_sigkill_during_recalibration_leaves_only_complete_versions(server: Server) -> None:
+def test_sigkill_during_recalibration_leaves_only_complete_versions(
+    server: RestartableServer,
+) -> None:
     rng = random.Random(20260522)
     assert server.live is not None
     outputs = {model: served(server.live, model) for model in MODELS}

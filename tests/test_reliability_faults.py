@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 from service.examples.data import CORRUPTIONS, corrupt, load_digits_split
-from tests.conftest import BUNDLED_MODELS, LiveServer, start_server
+from tests.conftest import BUNDLED_MODELS, LiveServer, RestartableServer, start_server
 from tests.helpers import assert_rel_close, infer_body, output_of, sample_inputs
 from tests.recalibration_support import (
     ADMIN,
@@ -103,28 +103,16 @@ def recalibrate(
 # --- SIGKILL -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    repo: Path
-    logs: Path
-    live: LiveServer
-    starts: int = 1
-
-    def restart(self) -> LiveServer:
-        self.starts += 1
-        self.live = start_server(self.repo, self.logs / f"server-{self.starts}.log")
-        return self.live
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Iterator[RestartableServer]:
     repo = tmp_path / "models"
     shutil.copytree(BUNDLED_MODELS / MODEL, repo / MODEL)
-    holder = Server(repo, tmp_path, start_server(repo, tmp_path / "server-1.log"))
+    holder = RestartableServer(repo, tmp_path)
+    holder.start()
     try:
         yield holder
     finally:
-        holder.live.stop()
+        holder.stop()
 
 
 @dataclass(frozen=True)
@@ -147,7 +135,7 @@ def _wait_for(condition: Callable[[], bool], thread: threading.Thread) -> None:
 
 
 def kill_during(
-    server: Server,
+    server: RestartableServer,
     how: str,
     span: float,
     rng: random.Random,
@@ -241,7 +229,7 @@ def check_restarted(
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_leaves_a_consistent_repository(server: Server) -> None:
+def test_sigkill_at_random_points_leaves_a_consistent_repository(server: RestartableServer) -> None:
     rng = random.Random(20260523)
     folder = server.repo / MODEL
     assert recalibrate(server.live, shifted(0), True).status_code == 200  # warm-up
@@ -261,7 +249,7 @@ def test_sigkill_at_random_points_leaves_a_consistent_repository(server: Server)
         delay, answered = kill_during(server, how, span, rng, shifted(trial + 2), activate, before)
         hits.append((how, activate, f"{delay:.3f}", phase_hit(folder, before, activate, answered)))
         leftovers = plant_leftovers(folder, before, trial, age_real=trial % 2 == 0)
-        check_restarted(server.restart(), folder, before, activate, leftovers)
+        check_restarted(server.start(), folder, before, activate, leftovers)
     print(f"\n{TRIALS} SIGKILL trials (timing, activate, seconds after the request, phase hit):")
     for hit in hits:
         print("  ", *hit)
