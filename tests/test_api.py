@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -137,7 +138,19 @@ def test_infer_errors_say_what_is_wrong(bundled_client: TestClient) -> None:
     bad_count = infer_body(x).replace(b'"shape":[2,1,8,8]', b'"shape":[3,1,8,8]')
     _error(c, infer, bad_count, 400, "element")
     nan = x.copy()
-    nan[1, 0, 2, 3] = np.nan
+    nan[1, 0, 2, 3] = np.nan  # JSON has no NaN: the encoder sends null, element 35
+    _error(c, infer, infer_body(nan), 400, "input 'input'")
+    header = orjson.dumps(
+        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                     "parameters": {"binary_data_size": nan.nbytes}}]}
+    )  # fmt: skip
+    binary = c.post(
+        infer,
+        content=header + nan.astype(np.float32).tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert binary.status_code == 400, binary.text
+    assert "input 'input'" in binary.json()["error"]
     too_big = sample_inputs("digits", 65)
     _error(c, infer, infer_body(too_big), 413, "65", "64")
 
