@@ -129,10 +129,11 @@ class ModelRegistry:
             return entry.extra[version]
 
     async def load(self, name: str) -> LoadedModel:
-        """(Re)load ``name`` from the repository at its active version and swap it in."""
+        """(Re)load ``name`` from the repository at its active version and swap it in; a
+        missing ``active`` is resolved to the highest version and written."""
         async with self._lock(name):
-            config = self.repository.config(name)
-            version = self.repository.active_version(name, config)
+            config = await asyncio.to_thread(self.repository.config, name)
+            version = await asyncio.to_thread(self.repository.resolve_active, name, config)
             new = await self._load_version(name, config, version)
             old = self._entries.get(name)
             self._entries[name] = _Entry(config, new)

@@ -4,7 +4,8 @@ Layout (Triton-like)::
 
     <root>/<model>/config.toml
     <root>/<model>/<version>/model.onnx | model.pt2
-    <root>/<model>/active            # the serving version; missing -> highest version
+    <root>/<model>/active            # the serving version; missing at load -> the highest,
+                                     # written then (``resolve_active``)
 
 Atomicity: a version is written into a hidden temporary folder, fsynced, and renamed to its
 number; ``active`` is replaced with ``os.replace``. A crash leaves either the old state or the
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,26 @@ def _storage_errors(what: str) -> Iterator[None]:
         raise InsufficientStorage(f"{what}: {os.strerror(exc.errno)}") from exc
 
 
+def _write_pointer(folder: Path, version: int, exclusive: bool) -> None:
+    """Write ``folder / "active"`` durably: a fsynced temporary file put in place by
+    ``os.replace``, or, when ``exclusive``, by ``os.link``, which leaves an existing pointer
+    as it is."""
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{version}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if not exclusive:
+            os.replace(tmp, folder / "active")
+        else:
+            with suppress(FileExistsError):  # another process resolved it first
+                os.link(tmp, folder / "active")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(folder)
+
+
 class ModelRepository:
     """Read and write access to one model repository folder. Stateless: every call reads disk."""
 
@@ -115,13 +136,14 @@ class ModelRepository:
         return path
 
     def active_version(self, name: str, config: ModelConfig | None = None) -> int:
+        """The version that ``active`` names; ``ConfigError`` when the pointer is missing,
+        unreadable or names no complete version."""
         versions = self.versions(name, config)
-        if not versions:
-            raise ConfigError(f"{self.model_dir(name)}: no version folder with a model file")
         pointer = self.model_dir(name) / "active"
-        if not pointer.exists():
-            return versions[-1]
-        text = pointer.read_text(encoding="utf-8").strip()
+        try:
+            text = pointer.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(f"{pointer}: missing: no version is marked active") from None
         try:
             version = parse_version(text)
         except InvalidInput as exc:
@@ -129,6 +151,25 @@ class ModelRepository:
         if version not in versions:
             raise ConfigError(f"{pointer}: version {version} does not exist")
         return version
+
+    def resolve_active(self, name: str, config: ModelConfig | None = None) -> int:
+        """The active version, after writing ``active`` if it is missing.
+
+        A model without ``active`` serves its highest version, and that choice is written here,
+        once, when the model is loaded. From then on only a write of ``active`` changes what is
+        served: a version that appears later (``activate=false``, a dry run's sibling, another
+        replica's write) is never served for being the highest. Replicas resolving together
+        agree: the pointer is created by a hard link, which fails when another process created
+        it first, and every process then reads what is on disk.
+        """
+        folder = self.model_dir(name)
+        if not (folder / "active").exists():
+            versions = self.versions(name, config)
+            if not versions:
+                raise ConfigError(f"{folder}: no version folder with a model file")
+            with _storage_errors(f"cannot mark version {versions[-1]} of model '{name}' active"):
+                _write_pointer(folder, versions[-1], exclusive=True)
+        return self.active_version(name, config)
 
     def provenance(self, name: str, version: int) -> dict[str, Any] | None:
         """Summary of a recalibrated version's ``recalibration.json``; ``None`` for originals."""
@@ -148,17 +189,7 @@ class ModelRepository:
         if version not in self.versions(name):
             raise ModelNotFound(f"model '{name}' has no version {version}")
         with _storage_errors(f"cannot make version {version} of model '{name}' active"):
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(f"{version}\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, folder / "active")
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            _fsync_dir(folder)
+            _write_pointer(folder, version, exclusive=False)
 
     def sweep_temporaries(self, older_than: float = 3600.0) -> list[Path]:
         """Remove hidden temporary folders and files a crashed writer left behind.

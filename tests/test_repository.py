@@ -32,7 +32,10 @@ def test_versions_and_active_pointer(repo: ModelRepository) -> None:
     repo.set_active("digits", 2)
     assert (repo.root / "digits" / "active").read_text() == "2\n"
     (repo.root / "digits" / "active").unlink()
-    assert repo.active_version("digits") == 2  # missing pointer: the highest version
+    with pytest.raises(ConfigError, match="active: missing"):
+        repo.active_version("digits")  # a missing pointer is not read as "the highest"
+    assert repo.resolve_active("digits") == 2  # resolving it writes the highest version
+    assert (repo.root / "digits" / "active").read_text() == "2\n"
     with pytest.raises(ModelNotFound, match="no version 7"):
         repo.set_active("digits", 7)
 
@@ -96,3 +99,30 @@ def test_a_broken_active_pointer_is_a_config_error(repo: ModelRepository) -> Non
     (repo.root / "digits" / "active").write_text("nine\n")
     with pytest.raises(ConfigError, match="active"):
         repo.active_version("digits")
+
+
+def test_resolving_keeps_a_pointer_that_exists(repo: ModelRepository) -> None:
+    assert repo.write_version("digits", _copy_model) == 2
+    assert repo.resolve_active("digits") == 1  # "1" on disk wins over the higher version
+    assert (repo.root / "digits" / "active").read_text() == "1\n"
+    assert not list((repo.root / "digits").glob(".tmp-*"))
+
+
+def test_replicas_resolving_a_missing_pointer_together_agree(repo: ModelRepository) -> None:
+    (repo.root / "digits" / "active").unlink()
+    assert repo.write_version("digits", _copy_model) == 2
+    results: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def resolve() -> None:
+        barrier.wait()
+        results.append(ModelRepository(repo.root).resolve_active("digits"))
+
+    threads = [threading.Thread(target=resolve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [2] * 8
+    assert (repo.root / "digits" / "active").read_text() == "2\n"
+    assert not list((repo.root / "digits").glob(".tmp-*"))
