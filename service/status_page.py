@@ -194,7 +194,24 @@ def _drift_section(model: dict[str, Any]) -> str:
         f"<tr><th>layer</th><th>drift vs baseline{scale_text}</th>"
         "<th>drift / baseline</th><th>components</th></tr>"
     )
-    return f'<p class="meta">{meta}</p><table class="layers">{head}{rows}</table>'
+    return (
+        f'<p class="meta">{meta}</p>{_drift_errors(drift)}'
+        f'<table class="layers">{head}{rows}</table>'
+    )
+
+
+def _drift_errors(drift: dict[str, Any]) -> str:
+    """A line on failed taps (tapping backs off after each), or nothing if there were none."""
+    errors = drift.get("errors") or 0
+    if not errors:
+        return ""
+    when = drift.get("last_error_at")
+    last = "last" if when is None else f"last at {_e(when)}"
+    plural = "" if errors == 1 else "s"
+    return (
+        f'<p class="meta drift-errors shifted">{_e(errors)} drift tap error{plural} (tapping '
+        f"backs off and retries) · {last}: {_e(drift.get('last_error'))}</p>"
+    )
 
 
 def _provenance(provenance: dict[str, Any] | None) -> str:

@@ -1,14 +1,17 @@
-"""Per-layer drift gauges for Prometheus, read from the monitors at scrape time.
+"""Per-layer drift gauges and the drift error counter for Prometheus, read from the monitors at
+scrape time.
 
 A custom collector (prometheus client_python "collector/custom"): every ``collect`` yields
 fresh ``GaugeMetricFamily`` values, so unloaded versions vanish and no gauge is ever stale.
 Labels are ``model``, ``version`` and ``layer`` only; per-channel detail stays in the JSON.
 Null scores (an empty window, no baseline yet, no reference data) are left out, not set to 0.
+``bnserve_drift_errors_total{model}`` counts the failures of the serving version's monitor;
+a new serving version starts a new monitor, which Prometheus reads as a counter reset.
 """
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.drift.monitor import DriftMonitor
@@ -29,6 +32,7 @@ _GAUGES = (  # (metric name, help, how to read it from a layer entry of the snap
         ("baseline", "drift"),
     ),
 )
+_ERRORS = ("bnserve_drift_errors", "Failed drift taps of the serving version (tapping backs off)")
 
 
 class DriftCollector(Collector):
@@ -39,7 +43,9 @@ class DriftCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         families = [GaugeMetricFamily(name, doc, labels=_LABELS) for name, doc, _ in _GAUGES]
+        errors = CounterMetricFamily(*_ERRORS, labels=["model"])
         for model, version, monitor in self._source():
+            errors.add_metric([model], monitor.errors)
             for layer in monitor.snapshot(per_channel=False)["layers"]:
                 labels = [model, str(version), layer["name"]]
                 for family, (_, _, path) in zip(families, _GAUGES, strict=True):
@@ -49,8 +55,10 @@ class DriftCollector(Collector):
                     if value is not None:
                         family.add_metric(labels, float(value))
         yield from families
+        yield errors
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples, so registering never scrapes the monitors."""
         for name, doc, _ in _GAUGES:
             yield GaugeMetricFamily(name, doc, labels=_LABELS)
+        yield CounterMetricFamily(*_ERRORS, labels=["model"])

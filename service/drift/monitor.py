@@ -12,9 +12,12 @@ tests and reference comparisons, not for production traffic).
 Taps run on ``executor`` (a drift thread shared by models): the tapped forward (created
 lazily there by ``taps_factory``, as it loads a model), per-sample moments pooled per layer,
 then merged into the layer windows (``window.LayerWindow``) under a short lock. The baseline
-(``baseline.compute_baseline``) is computed once on the executor when the monitor starts.
+(``baseline.compute_baseline``) is computed once on the executor when the monitor starts or,
+if the tapped forward cannot be created then, after the first tap that creates it.
 ``snapshot`` copies the immutable windows under the lock and scores them outside it. Errors
-in the background are logged and counted (``errors``), never raised into the request path.
+in the background are logged, counted and reported (``failures.TapFailures``), never raised
+into the request path; each one pauses tapping for a backoff that grows while they persist,
+and the batches queued at that moment are dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 from service.backends.base import Arrays, NormLayer
 from service.backends.taps import SampleMoments, TappedForward
 from service.drift.baseline import LayerBaseline, compute_baseline, reference_size
+from service.drift.failures import TapFailures
 from service.drift.report import layer_report
 from service.drift.window import LayerWindow
 
@@ -44,7 +48,7 @@ _IDLE_GAP = 0.05
 
 
 class _Stopped(Exception):
-    """The monitor was closed, or its tapped forward could not be created."""
+    """The monitor was closed."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,6 @@ class DriftMonitor:
         self._idle = threading.Condition(self._lock)
         self._taps_lock = threading.Lock()  # one forward at a time; guards lazy creation
         self._taps: TappedForward | None = None
-        self._disabled = False  # the tapped forward could not be created
         self._closed = False
         self._queue: deque[_Batch] = deque()
         self._draining = False  # a drain job is submitted: the "pending tap"
@@ -92,11 +95,12 @@ class DriftMonitor:
         self._windows = {layer.name: LayerWindow.empty(layer.channels) for layer in self.layers}
         self._baseline: dict[str, LayerBaseline] | None = None
         self._baseline_label: str | None = None
+        self._deferred_baseline: tuple[Arrays, int] | None = None  # the forward failed to load
         self._batches_seen = self._batches_tapped = self._samples_seen = self._samples_tapped = 0
         self._serve_seconds = self._tap_seconds = 0.0
         self._last_observed: float | None = None
         self._tap_per_sample: float | None = None
-        self._errors = 0
+        self._failures = TapFailures()
         count = 0 if reference is None else reference_size(reference)
         if reference is not None and count > 0 and self.layers:
             self._baseline_label = f"{reference_label} ({count} samples)"
@@ -107,10 +111,11 @@ class DriftMonitor:
         """Account a served batch and maybe queue it for a tap. O(1); never raises."""
         try:
             with self._lock:
+                now = self._clock()
                 self._batches_seen += 1
                 self._samples_seen += batch_size
-                self._serve_seconds += self._active_seconds(compute_seconds)
-                if not self._should_tap(batch_size, compute_seconds):
+                self._serve_seconds += self._active_seconds(now, compute_seconds)
+                if not self._should_tap(now, batch_size, compute_seconds):
                     return
                 self._queue.append(_Batch(self._generation, inputs, batch_size))
                 if self._draining:
@@ -118,21 +123,20 @@ class DriftMonitor:
                 self._draining = True
                 self._outstanding += 1
             self._submit_drain()
-        except Exception:
-            self._error("observe")
+        except Exception as exc:
+            self._error("observe", exc)
 
-    def _active_seconds(self, compute_seconds: float) -> float:
+    def _active_seconds(self, now: float, compute_seconds: float) -> float:
         """Serving time this batch stands for: its compute, or the wall time since the last
         batch while traffic flows (gaps over ``_IDLE_GAP`` are idle), whichever is larger.
         Under load the wall time is what throughput is measured against; for a tiny model
         whose compute is a sliver of each request, compute alone would starve the taps."""
-        now = self._clock()
         last, self._last_observed = self._last_observed, now
         gap = 0.0 if last is None else now - last
         return max(compute_seconds, gap if gap <= _IDLE_GAP else 0.0)
 
-    def _should_tap(self, batch_size: int, compute_seconds: float) -> bool:
-        if self._closed or self._disabled:
+    def _should_tap(self, now: float, batch_size: int, compute_seconds: float) -> bool:
+        if self._closed or self._failures.paused(now):
             return False
         if self.max_overhead >= 1.0:
             return True
@@ -167,8 +171,10 @@ class DriftMonitor:
                     self._tap(batch)
                 except _Stopped:
                     return
-                except Exception:
-                    self._error("tap")
+                except Exception as exc:
+                    self._error("tap", exc)
+                else:
+                    self._resume_baseline()
         finally:
             with self._lock:
                 self._draining = False
@@ -193,6 +199,7 @@ class DriftMonitor:
             if not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
                 raise ValueError(f"layer {name}: non-finite input; batch not merged")
         with self._lock:
+            self._failures.succeeded()
             if self._closed or batch.generation != self._generation:
                 return
             for name, moments in pooled.items():
@@ -202,21 +209,17 @@ class DriftMonitor:
 
     def _ensure_taps(self) -> TappedForward:
         with self._taps_lock:
-            if self._closed or self._disabled:
+            if self._closed:
                 raise _Stopped
-            if self._taps is None:
-                try:
-                    self._taps = self._factory()
-                except Exception:
-                    with self._lock:  # never retried: each try would load the model again
-                        self._disabled = True
-                        self._baseline_label = None
-                    raise
+            if self._taps is None:  # after a failure, tried again only once the backoff is over
+                self._taps = self._factory()
             return self._taps
 
     def _run_baseline(self, reference: Arrays, chunk: int) -> None:
+        created = False
         try:
             taps = self._ensure_taps()
+            created = True
 
             def sample(inputs: Arrays) -> dict[str, SampleMoments]:
                 with self._taps_lock:
@@ -229,14 +232,26 @@ class DriftMonitor:
                 self._baseline = baseline
         except _Stopped:
             pass
-        except Exception:
+        except Exception as exc:
             with self._lock:
-                self._baseline_label = None
-            self._error("baseline")
+                if created:  # the computation itself failed, and would again
+                    self._baseline_label = None
+                else:  # retried once a tap has created the tapped forward
+                    self._deferred_baseline = (reference, chunk)
+            self._error("baseline", exc)
         finally:
             with self._lock:
                 self._job_done_locked()
             self._release_if_closed()
+
+    def _resume_baseline(self) -> None:
+        """Compute, on the drain job's thread, a baseline deferred by a failed forward load."""
+        with self._lock:
+            deferred, self._deferred_baseline = self._deferred_baseline, None
+            if deferred is None or self._closed:
+                return
+            self._outstanding += 1  # _run_baseline finishes as a job of its own
+        self._run_baseline(*deferred)
 
     def _job_done_locked(self) -> None:
         self._outstanding -= 1
@@ -247,12 +262,14 @@ class DriftMonitor:
             self._taps = None
             self._taps_lock.release()
 
-    def _error(self, where: str) -> None:
+    def _error(self, where: str, error: Exception) -> None:
         with self._lock:
-            self._errors += 1
-            count = self._errors
+            count = self._failures.failed(where, error, self._clock())
+            self._queue.clear()
+            delay = self._failures.delay
         if count & (count - 1) == 0:  # 1st, 2nd, 4th, ...: visible, never a flood
-            log.exception("drift %s failed (%d errors so far)", where, count)
+            message = "drift %s failed (%d errors so far); tapping paused for %g s"
+            log.error(message, where, count, delay, exc_info=error)
 
     def snapshot(self, per_channel: bool = True) -> dict[str, Any]:
         """The drift JSON body (design doc), without ``name``/``version``; NaN-free."""
@@ -267,6 +284,9 @@ class DriftMonitor:
                 "samples_seen": self._samples_seen,
                 "samples_tapped": self._samples_tapped,
                 "baseline": self._baseline_label,
+                "errors": self._failures.count,
+                "last_error": self._failures.last_error,
+                "last_error_at": self._failures.last_error_at,
             }
         head["layers"] = [
             layer_report(
@@ -315,4 +335,4 @@ class DriftMonitor:
     @property
     def errors(self) -> int:
         with self._lock:
-            return self._errors
+            return self._failures.count
