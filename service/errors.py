@@ -45,6 +45,10 @@ class Timeout(ServiceError):
     """The request did not finish within the configured time."""
 
 
+class BodyTimeout(ServiceError):
+    """The client stopped sending the request body for longer than the idle timeout."""
+
+
 class InsufficientStorage(ServiceError):
     """The repository's filesystem is full (or over quota); nothing was written."""
 

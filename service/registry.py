@@ -6,6 +6,7 @@ its batcher and thread are released (MLServer's ``_reload_model`` pattern).
 """
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from service.config import ModelConfig
 from service.drift.factory import make_monitor
 from service.drift.monitor import DriftMonitor
 from service.errors import ModelNotFound, ModelNotReady
+from service.protocol.limits import BodyBounds, body_bounds
 from service.repository import ModelRepository
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ class LoadedModel:
 
     async def infer(self, inputs: Arrays, batch_size: int) -> Arrays:
         return await self.batcher.submit(inputs, batch_size)
+
+    @functools.cached_property
+    def body_bounds(self) -> BodyBounds:
+        """The largest valid request bodies for this version's config, worked out once."""
+        return body_bounds(self.name, self.config)
 
     async def close(self) -> None:
         await self.batcher.close()

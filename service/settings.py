@@ -16,11 +16,16 @@ class ServiceSettings(BaseSettings):
     admin_token: str | None = None
     """Bearer token for admin routes; a random one is generated at start when unset."""
     max_body_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
-    """Largest inference request body."""
+    """Largest inference request body; each model's own bound may be lower
+    (``service.protocol.limits``)."""
+    max_inflight_bytes: Annotated[int, Field(ge=1)] = 256 * 1024 * 1024
+    """Most bytes of inference request bodies held at once, all requests together (503 past it)."""
     recalibration_max_bytes: Annotated[int, Field(ge=1)] = 256 * 1024**3
     """Largest recalibration stream, in bytes."""
     recalibration_max_samples: Annotated[int, Field(ge=1)] = 100_000_000
     """Most samples in one recalibration stream."""
+    recalibration_idle_timeout: Annotated[float, Field(gt=0.0)] = 30.0
+    """Seconds a recalibration upload may go without a byte arriving (408 after that)."""
     poll_interval: Annotated[float, Field(ge=0.0)] = 2.0
     """Seconds between checks of the repository for versions activated elsewhere; 0: never."""
     graceful_timeout: Annotated[int, Field(ge=0)] = 30

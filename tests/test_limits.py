@@ -1,6 +1,8 @@
-"""Limits and shutdown: request timeout (504), full queue (503), SIGTERM during recalibration."""
+"""Limits and shutdown: request timeout (504), full queue (503), stalled recalibration upload
+(408), SIGTERM during recalibration."""
 
 import io
+import shutil
 import signal
 import threading
 import time
@@ -12,8 +14,9 @@ import httpx
 import numpy as np
 
 from service.examples import load_digits_split
-from tests.conftest import ADMIN_TOKEN, make_client, start_server
+from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, make_client, start_server
 from tests.helpers import infer_body, sample_inputs
+from tests.raw_http import open_request, read_answer
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -94,3 +97,54 @@ def test_sigterm_aborts_a_recalibration_without_writing(model_repo: Path, tmp_pa
     assert response.status_code == 503, response.text
     assert "shutting down" in response.json()["error"]
     assert _tree(model_repo) == before
+
+
+def test_a_stalled_recalibration_upload_gets_408_and_releases_the_model(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(BUNDLED_MODELS / "digits", models / "digits")
+    server = start_server(models, tmp_path / "server.log", BNSERVE_RECALIBRATION_IDLE_TIMEOUT="1")
+    buffer = io.BytesIO()
+    np.save(buffer, load_digits_split()[2][:256])
+    body = buffer.getvalue()
+    path = "/v2/models/digits/recalibrate"
+    headers = ADMIN | {"Content-Type": "application/x-npy"}
+    try:
+        before = _tree(models)
+        fields = headers | {"Content-Length": str(len(body))}
+        with open_request(server.port, "POST", path, fields, timeout=30) as sock:
+            sock.sendall(body[: len(body) // 2])  # then nothing more
+            started = time.monotonic()
+            answer = read_answer(sock)
+            waited = time.monotonic() - started
+        assert answer.status == 408, answer.body
+        assert "no byte of the body arrived for 1 s" in answer.error()
+        assert "nothing written" in answer.error()
+        assert 0.5 < waited < 20  # the idle timeout, not a client or socket timeout
+        assert _tree(models) == before
+        done = httpx.post(f"{server.url}{path}", content=body, headers=headers, timeout=60)
+    finally:
+        server.stop()
+    assert done.status_code == 200, done.text  # the model's recalibration lock was released
+    assert done.json()["version"] == "2"
+
+
+def test_a_stalled_inference_body_gets_408_and_gives_its_budget_back(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(BUNDLED_MODELS / "digits", models / "digits")
+    body = infer_body(sample_inputs("digits", 64))
+    # Room for one body in flight: while the stalled one holds it, the next gets 503.
+    env = {"BNSERVE_REQUEST_TIMEOUT": "1", "BNSERVE_MAX_INFLIGHT_BYTES": str(len(body) + 100)}
+    server = start_server(models, tmp_path / "server.log", **env)
+    path = "/v2/models/digits/infer"
+    try:
+        with open_request(server.port, "POST", path, {"Content-Length": str(len(body))}) as sock:
+            sock.sendall(body[:100])  # then nothing more
+            busy = httpx.post(f"{server.url}{path}", content=body)
+            answer = read_answer(sock)
+        after = httpx.post(f"{server.url}{path}", content=body)
+    finally:
+        server.stop()
+    assert busy.status_code == 503 and "max_inflight_bytes" in busy.json()["error"]
+    assert answer.status == 408, answer.body
+    assert "did not arrive within 1.0 s" in answer.error() and "100 bytes" in answer.error()
+    assert after.status_code == 200, after.text  # the stalled body's share was released

@@ -24,11 +24,15 @@ from urllib.parse import quote
 import orjson
 import pytest
 
+from service.config import load_model_config
+from service.protocol.limits import body_bounds
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, LiveServer, start_server
 from tests.helpers import infer_body, sample_inputs
 
 LIMIT = 1 << 20
 """Body limit of the server under test (inference and recalibration), 1 MiB."""
+WINE_BOUNDS = body_bounds("wine", load_model_config(BUNDLED_MODELS / "wine" / "config.toml"))
+"""The wine model's own, lower, inference body limits."""
 INDEX_LIMIT = 64 * 1024
 SECRET = "secret-7f3a9c1e-not-for-clients"
 ADMIN = f"Bearer {ADMIN_TOKEN}"
@@ -305,9 +309,9 @@ def test_literal_dot_segments_are_refused_and_touch_nothing(target: Target, meth
 
 
 LIMITED = [
-    ("/v2/models/wine/infer", {}, LIMIT),
-    ("/v2/models/wine/versions/1/infer", {}, LIMIT),
-    ("/v1/models/wine:predict", {}, LIMIT),
+    ("/v2/models/wine/infer", {}, WINE_BOUNDS.json),
+    ("/v2/models/wine/versions/1/infer", {}, WINE_BOUNDS.json),
+    ("/v1/models/wine:predict", {}, WINE_BOUNDS.v1),
     ("/v2/repository/index", {}, INDEX_LIMIT),
     ("/v2/models/wine/recalibrate", {"Authorization": ADMIN, **RAW}, LIMIT),
 ]

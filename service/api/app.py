@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import drift, fastpath, metrics, models, recalibration, repository, status, v2
+from service.api.body import BodyReader
 from service.api.context import ServiceContext
 from service.api.errors import install_error_handlers
 from service.drift.collector import DriftCollector
@@ -57,9 +58,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             max_bytes=settings.recalibration_max_bytes,
             threads=settings.model_threads,
             metrics=service_metrics,
+            idle_timeout=settings.recalibration_idle_timeout,
+        )
+        bodies = BodyReader(
+            settings.max_body_bytes, settings.max_inflight_bytes, settings.request_timeout
         )
         ctx = ServiceContext(
-            settings, repo, registry, _admin_token(settings), recalibrator, service_metrics
+            settings, repo, registry, _admin_token(settings), recalibrator, service_metrics, bodies
         )
         app.state.context = ctx
         watcher = RepositoryWatcher(registry, settings.poll_interval)

@@ -1,17 +1,31 @@
 """Reading request bodies under a size limit, refusing oversized ones before reading them whole."""
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
 from starlette.requests import Request
 
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import BodyTimeout, InvalidInput, Overloaded, PayloadTooLarge
+
+Explain = Callable[[], str]
+"""Says where a limit comes from, for the 413 message; called only when it is exceeded."""
+
+
+def _declared_length(request: Request) -> int | None:
+    """The request's ``Content-Length``; None for a chunked body."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise InvalidInput(f"invalid Content-Length header {declared!r}")
+    return int(declared)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidInput(f"invalid Content-Length header {declared!r}")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -20,3 +34,81 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class BodyReader:
+    """Reads the app's inference bodies, each under its own limit and all together under
+    ``max_inflight_bytes``.
+
+    A body holds its share of the in-flight budget from before it is read until the response
+    is made (binary inputs are views on the body, so it lives that long): its declared
+    ``Content-Length`` up front, a chunked body's bytes as they arrive. A body that would
+    take the budget past ``max_inflight_bytes`` gets ``Overloaded`` (503, retry later); one
+    larger than the whole budget can never fit and gets ``PayloadTooLarge``. Used from the
+    event loop only, so the counter needs no lock.
+
+    A body must arrive whole within ``timeout`` seconds (``BodyTimeout``, 408): a client that
+    declares a length and goes quiet would otherwise hold its share of the budget for good.
+    """
+
+    def __init__(self, max_body_bytes: int, max_inflight_bytes: int, timeout: float) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.max_inflight_bytes = max_inflight_bytes
+        self.timeout = timeout
+        self.inflight = 0
+        """Bytes held now by bodies being read or served."""
+
+    @asynccontextmanager
+    async def read(self, request: Request, bound: int, explain: Explain) -> AsyncIterator[bytes]:
+        """The body of ``request``, at most ``bound`` bytes (``explain`` says why), held in the
+        budget until the ``async with`` block ends."""
+        limit, explain = self._limit(bound, explain)
+        declared = _declared_length(request)
+        held = 0
+        try:
+            if declared is not None:
+                if declared > limit:  # refused before a byte of the body is read
+                    raise PayloadTooLarge(
+                        f"request body of {declared} bytes is over the limit of {limit} "
+                        f"bytes, {explain()}"
+                    )
+                held = self._take(declared, 0)
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                async with asyncio.timeout(self.timeout):
+                    async for chunk in request.stream():
+                        size += len(chunk)
+                        if size > limit:
+                            raise PayloadTooLarge(
+                                f"request body is over the limit of {limit} bytes after {size} "
+                                f"bytes were received, {explain()}"
+                            )
+                        if size > held:
+                            held += self._take(size - held, held)
+                        chunks.append(chunk)
+            except TimeoutError:
+                raise BodyTimeout(
+                    f"the request body did not arrive within {self.timeout} s "
+                    f"(request_timeout): {size} bytes received"
+                ) from None
+            yield b"".join(chunks)
+        finally:
+            self.inflight -= held
+
+    def _limit(self, bound: int, explain: Explain) -> tuple[int, Explain]:
+        if bound <= self.max_body_bytes and bound <= self.max_inflight_bytes:
+            return bound, explain
+        if self.max_body_bytes <= self.max_inflight_bytes:
+            return self.max_body_bytes, lambda: "the server's max_body_bytes"
+        return self.max_inflight_bytes, lambda: "the server's max_inflight_bytes for all bodies"
+
+    def _take(self, size: int, held: int) -> int:
+        if self.inflight + size > self.max_inflight_bytes:
+            raise Overloaded(
+                f"other request bodies being read or served hold {self.inflight - held} "
+                f"bytes; this one's {held + size} would take them past max_inflight_bytes "
+                f"({self.max_inflight_bytes}): retry later"
+            )
+        self.inflight += size
+        return size

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from service.api.body import BodyReader
 from service.metrics import ServiceMetrics
 from service.recalibration.runner import Recalibrator
 from service.registry import LoadedModel, ModelRegistry
@@ -19,6 +20,8 @@ class ServiceContext:
     admin_token: str
     recalibrator: Recalibrator
     metrics: ServiceMetrics
+    bodies: BodyReader
+    """Inference bodies: per-request limits and the in-flight budget of the whole app."""
     ready: bool = field(default=False)
 
 

@@ -15,6 +15,7 @@ STATUS: dict[type[errors.ServiceError], int] = {
     errors.ConfigError: 400,
     errors.Unauthorized: 401,
     errors.ModelNotFound: 404,
+    errors.BodyTimeout: 408,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
@@ -28,6 +29,8 @@ STATUS: dict[type[errors.ServiceError], int] = {
 _HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {
     errors.Unauthorized: {"WWW-Authenticate": "Bearer"},
     errors.Overloaded: {"Retry-After": "1"},
+    # The rest of the body may still come; closing is the only way to be done with it.
+    errors.BodyTimeout: {"Connection": "close"},
 }
 
 

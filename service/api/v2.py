@@ -9,13 +9,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
-from service.api.body import read_body
 from service.api.context import context, loaded_model
 from service.api.errors import error_response, status_of
 from service.api.openapi import ERROR_RESPONSES, INFER, INFER_RESPONSES, V1_PREDICT, V1_RESPONSES
 from service.api.responses import json_response
 from service.backends.base import Arrays
-from service.errors import InvalidInput, ServiceError, Timeout
+from service.errors import InvalidInput, PayloadTooLarge, ServiceError, Timeout
 from service.protocol.v1 import decode_v1_instances, encode_v1_predictions
 from service.protocol.v2 import decode_infer_request, encode_infer_response
 from service.settings import ServiceSettings
@@ -77,13 +76,20 @@ async def _observed(
 async def _infer(request: Request, model_name: str, version: str | None) -> Response:
     ctx = context(request)
     model = await loaded_model(request, model_name, version)
-    body = await read_body(request, ctx.settings.max_body_bytes)
     header_length = _header_length(request)
-    if len(body) > _THREAD_DECODE_BYTES:
-        req = await asyncio.to_thread(decode_infer_request, body, model.config, header_length)
-    else:
-        req = decode_infer_request(body, model.config, header_length)
-    outputs = await _with_timeout(model.infer(req.inputs, req.batch_size), ctx.settings)
+    bounds = model.body_bounds
+    if header_length is not None and header_length > bounds.json:
+        raise PayloadTooLarge(
+            f"Inference-Header-Content-Length of {header_length} bytes is over the "
+            f"{bounds.json} bytes of {bounds.explain(None)}"
+        )
+    bound = bounds.v2(header_length)
+    async with ctx.bodies.read(request, bound, lambda: bounds.explain(header_length)) as body:
+        if len(body) > _THREAD_DECODE_BYTES:
+            req = await asyncio.to_thread(decode_infer_request, body, model.config, header_length)
+        else:
+            req = decode_infer_request(body, model.config, header_length)
+        outputs = await _with_timeout(model.infer(req.inputs, req.batch_size), ctx.settings)
     content, json_length = encode_infer_response(
         model_name, str(model.version), req, outputs, model.config
     )
@@ -128,8 +134,9 @@ async def predict_v1(request: Request, model_name: str) -> Response:
 async def _predict_v1(request: Request, model_name: str) -> Response:
     ctx = context(request)
     model = ctx.registry.get(model_name)
-    body = await read_body(request, ctx.settings.max_body_bytes)
-    inputs = decode_v1_instances(body, model.config)
-    batch = next(iter(inputs.values())).shape[0]
-    outputs = await _with_timeout(model.infer(inputs, batch), ctx.settings)
+    bounds = model.body_bounds
+    async with ctx.bodies.read(request, bounds.v1, bounds.explain_v1) as body:
+        inputs = decode_v1_instances(body, model.config)
+        batch = next(iter(inputs.values())).shape[0]
+        outputs = await _with_timeout(model.infer(inputs, batch), ctx.settings)
     return Response(encode_v1_predictions(outputs, model.config), media_type="application/json")

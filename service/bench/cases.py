@@ -19,7 +19,8 @@ from service.bench.baseline import (
     percentile_ms,
     update_bn_seconds,
 )
-from service.bench.bodies import binary_request, digits_sample, json_request
+from service.bench.bodies import binary_request, digits_sample, infer_path, json_request
+from service.bench.flood import json_body, measure_flood
 from service.bench.harness import Bench
 from service.bench.loadgen import encode_request
 from service.bench.models import (
@@ -270,6 +271,26 @@ def case_f(bench: Bench) -> list[Row]:
     ]
 
 
+def case_g(bench: Bench) -> list[Row]:
+    """32 concurrent 50 MiB JSON bodies to digits (all refused): the server's peak RSS growth."""
+    size, connections = (8 if bench.quick else 50) * MB, 32
+    body = json_body(size)
+    rows = []
+    with bench.server("g", write_digits_repository) as server:
+        for chunked in (False, True):
+            framing = "chunked" if chunked else "Content-Length"
+            bench.log(f"[g] {connections} x {len(body) / MB:.0f} MiB JSON bodies, {framing}")
+            flood = measure_flood(server, infer_path(DIGITS), body, connections, chunked)
+            if not flood.refused:
+                raise RuntimeError(f"not every request got a 4xx or 503: {flood.summary()}")
+            metric = f"peak RSS growth, {connections} x {len(body) / MB:.0f} MiB JSON, {framing}"
+            target = Target("<=", 512, "MiB")
+            rows.append(
+                Row("g", metric, flood.growth_mib, "MiB", None, "", target, flood.summary())
+            )
+    return rows
+
+
 CASES: dict[str, Callable[[Bench], list[Row]]] = {
     "a": case_a,
     "b": case_b,
@@ -277,5 +298,6 @@ CASES: dict[str, Callable[[Bench], list[Row]]] = {
     "d": case_d,
     "e": case_e,
     "f": case_f,
+    "g": case_g,
 }
 """Case letter (issue 5) -> benchmark."""

@@ -123,6 +123,15 @@ class BenchServer:
                     values[key] = int(rest.split()[0])
         return values
 
+    def reset_peak(self) -> bool:
+        """Restart ``VmHWM`` from the current RSS (Linux ``clear_refs``); False if refused."""
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w", encoding="ascii") as refs:
+                refs.write("5")
+        except OSError:
+            return False
+        return True
+
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used so far."""
         return process_cpu_seconds(self.pid)

@@ -1,10 +1,11 @@
 """Streamed uploads for the recalibration benchmarks: bodies generated chunk by chunk.
 
-``post_stream`` sends a POST whose body comes from an iterator of chunks (declared length, so
-the server sees a plain ``Content-Length`` body) and never holds more than one chunk; the
-body generators draw float32 samples on the fly from a seeded generator.
+``post_stream`` sends a POST whose body comes from an iterator of chunks (with a declared
+length, or chunked transfer encoding) and never holds more than one chunk; the body
+generators draw float32 samples on the fly from a seeded generator.
 """
 
+import select
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -50,20 +51,22 @@ def post_stream(
     host: str,
     port: int,
     path: str,
-    chunks: Iterable[bytes],
-    length: int,
+    chunks: Iterable[bytes | memoryview],
+    length: int | None,
     content_type: str,
     headers: dict[str, str] | None = None,
 ) -> UploadResult:
-    """POST ``length`` bytes taken from ``chunks`` to ``path``; one connection, then closed.
+    """POST the body taken from ``chunks`` to ``path``: ``length`` bytes declared, or chunked
+    transfer encoding if ``length`` is None; one connection, then closed.
 
     If the server answers early (an error), the rest of the body is not sent.
     """
+    framing = "Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}"
     lines = [
         f"POST {path} HTTP/1.1",
         f"Host: {host}",
         f"Content-Type: {content_type}",
-        f"Content-Length: {length}",
+        framing,
         "Connection: close",
         *(f"{name}: {value}" for name, value in (headers or {}).items()),
     ]
@@ -73,7 +76,16 @@ def post_stream(
         sock.sendall(head)
         try:
             for chunk in chunks:
+                if select.select([sock], [], [], 0)[0]:
+                    break  # answered before the end of the body: refused
+                if length is None:
+                    sock.sendall(b"%x\r\n" % len(chunk))
                 sock.sendall(chunk)
+                if length is None:
+                    sock.sendall(b"\r\n")
+            else:
+                if length is None:
+                    sock.sendall(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server refused the body; its response says why
         status, body = _read_response(sock)

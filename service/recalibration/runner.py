@@ -4,7 +4,8 @@ The stream is consumed chunk by chunk; each chunk is parsed and its full ghost b
 through the batch-statistics forward on a dedicated thread, never on the event loop and never
 on the model's inference thread. Only when the whole stream was read and checked is a version
 written (``ModelRepository.write_version``: temporary folder, fsync, rename), then activated
-if asked. Any error or a client disconnect before that point writes nothing.
+if asked. Any error, a client disconnect or a client that stops sending for ``idle_timeout``
+seconds before that point writes nothing.
 """
 
 import asyncio
@@ -20,7 +21,7 @@ import numpy as np
 import orjson
 
 from service.backends.calibration import BatchStatsForward
-from service.errors import Conflict, ServiceError, ShuttingDown
+from service.errors import BodyTimeout, Conflict, ServiceError, ShuttingDown
 from service.metrics import ServiceMetrics
 from service.recalibration.backend import open_forward, write_statistics
 from service.recalibration.job import JobResult, RecalibrationJob
@@ -55,13 +56,16 @@ class Recalibrator:
         max_bytes: int | None = None,
         threads: int = 0,
         metrics: ServiceMetrics | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
+        """``idle_timeout``: seconds the body may go without a chunk arriving (None: forever)."""
         self._repository = repository
         self._metrics = metrics
         self._registry = registry
         self._max_samples = max_samples
         self._max_bytes = max_bytes
         self._threads = threads
+        self._idle_timeout = idle_timeout
         self._running: set[str] = set()
         self._stopping = asyncio.Event()
         # The last calibration forward built per model: rebuilding it costs a model load and a
@@ -127,16 +131,26 @@ class Recalibrator:
 
     async def _until_stopped(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``chunks``, ending with ``ShuttingDown`` as soon as ``stop()`` is called, even while
-        waiting for a slow client."""
+        waiting for a slow client, and with ``BodyTimeout`` when no chunk arrives for
+        ``idle_timeout`` seconds: a stalled upload must not hold the model's lock forever.
+        Only the waits for the client count, not the time spent on the chunks."""
         stopping = asyncio.ensure_future(self._stopping.wait())
         iterator = aiter(chunks)
         try:
             while True:
                 receive = asyncio.ensure_future(anext(iterator))
-                await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {receive, stopping},
+                    timeout=self._idle_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if not receive.done():
                     receive.cancel()
                     self._check_stopping()
+                    raise BodyTimeout(
+                        f"no byte of the body arrived for {self._idle_timeout:g} s "
+                        "(recalibration_idle_timeout): recalibration abandoned, nothing written"
+                    )
                 try:
                     yield receive.result()
                 except StopAsyncIteration:
