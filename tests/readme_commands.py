@@ -49,7 +49,7 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(match.group(1), match.group(2)) for match in _FENCE.finditer(text)]
 
 
-def test_command(text: str) -> str:
+def readme_test_command(text: str) -> str:
     (command,) = [body.strip() for lang, body in blocks(text) if _TEST_MARK in body]
     return command
 
@@ -128,7 +128,7 @@ def main() -> int:
     runner.add_argument("--install", action="store_true", help="run the pip install lines too")
     args = parser.parse_args()
     if args.command == "test-command":
-        print(test_command(README.read_text(encoding="utf-8")))
+        print(readme_test_command(README.read_text(encoding="utf-8")))
         return 0
     return run(args.install)
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.readme_commands import README, ROOT, blocks, script, test_command
+from tests.readme_commands import README, ROOT, blocks, readme_test_command, script
 
 CI_RUN = ROOT / ".ci" / "run"
 
@@ -36,7 +36,7 @@ def test_the_serve_line_starts_in_the_background_and_is_waited_for() -> None:
 
 
 def test_ci_runs_the_readme_test_command_in_a_fresh_virtualenv() -> None:
-    command = test_command(README.read_text())
+    command = readme_test_command(README.read_text())
     assert command.startswith("pip install torch==2.13.0 && pip install -e '.[test]' -c ")
     assert command.endswith("python -m pytest -q")
     ci = CI_RUN.read_text()

@@ -6,6 +6,7 @@ them). ``threads`` is accepted for symmetry with ONNX and kept as ``self.threads
 service sets the process-wide count once at start-up (``torch.set_num_threads``).
 """
 
+import io
 import math
 import threading
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch.export.graph_signature import OutputKind
 
 from service.backends.base import Arrays, LayerKind, NormLayer
 from service.backends.loader import FileTensor, check_tensor
+from service.backends.torch_archive import UnsafeArchive, check_archive, weights_only_loads
 from service.config import ModelConfig
 from service.datatypes import to_datatype
 from service.errors import ConfigError
@@ -88,12 +90,23 @@ SERIALIZATION_LOCK = threading.Lock()
 
 
 def load_program(path: Path) -> ExportedProgram:
-    """Load a ``.pt2`` file; ``ConfigError`` naming it on failure. Thread-safe."""
+    """Load a ``.pt2`` file; ``ConfigError`` naming it on failure. Thread-safe.
+
+    Nothing in the file is unpickled beyond torch's weights-only allow-list; a file that
+    would need more is refused unread (see ``torch_archive``). The file is read once, so the
+    bytes that pass the check are the bytes torch loads, whatever happens to the file.
+    """
     try:
-        with SERIALIZATION_LOCK:
-            return torch.export.load(path)
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        check_archive(data)
+        with SERIALIZATION_LOCK, weights_only_loads():
+            return torch.export.load(io.BytesIO(data))
+    except UnsafeArchive as exc:
+        raise ConfigError(f"{path}: refused: {exc}") from exc
     except Exception as exc:  # torch raises many types for a file that is not a program
         raise ConfigError(f"{path}: not a torch.export program: {exc}") from exc
 
