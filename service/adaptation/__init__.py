@@ -1,0 +1,1 @@
+"""Adaptation from live traffic: capture, alarm, candidate, guardrails, decision."""
