@@ -25,11 +25,13 @@ def class_scores(output: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
 def probabilities(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """Softmax over classes, or the scores themselves when every row already is a
     probability distribution (a model that ends in softmax)."""
-    rows = scores.sum(axis=1)
+    rows = scores.sum(axis=1, keepdims=True)
     if (scores >= 0).all() and np.allclose(rows, 1.0, atol=1e-4):
-        return scores / rows[:, None]
+        normalized: npt.NDArray[np.float64] = scores / rows
+        return normalized
     shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    softmax: npt.NDArray[np.float64] = shifted / shifted.sum(axis=1, keepdims=True)
+    return softmax
 
 
 def mean_entropy(scores: npt.NDArray[np.float64]) -> float:
@@ -39,7 +41,8 @@ def mean_entropy(scores: npt.NDArray[np.float64]) -> float:
 
 
 def predicted(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
-    return np.argmax(scores, axis=1)
+    labels: npt.NDArray[np.intp] = np.argmax(scores, axis=1)
+    return labels
 
 
 def distribution(scores: npt.NDArray[np.float64]) -> Vector:
