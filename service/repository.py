@@ -27,7 +27,13 @@ from typing import Any
 import orjson
 
 from service.config import ModelConfig, load_model_config
-from service.errors import ConfigError, InsufficientStorage, InvalidInput, ModelNotFound
+from service.errors import (
+    ConfigError,
+    Conflict,
+    InsufficientStorage,
+    InvalidInput,
+    ModelNotFound,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
@@ -91,6 +97,35 @@ def _write_pointer(folder: Path, version: int, exclusive: bool) -> None:
     finally:
         Path(tmp).unlink(missing_ok=True)
     _fsync_dir(folder)
+
+
+_LOCK = ".active.lock"
+_LOCK_STALE_SECONDS = 10.0  # a holder writes one small file; older means it died holding it
+_LOCK_WAIT_SECONDS = 5.0
+
+
+@contextmanager
+def _pointer_lock(folder: Path) -> Iterator[None]:
+    """Hold the model's pointer lock (a folder: creating one is atomic, and fails if it
+    exists). A lock left by a process that died holding it is broken once stale."""
+    lock = folder / _LOCK
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        try:
+            lock.mkdir()
+            break
+        except FileExistsError:
+            with suppress(FileNotFoundError):
+                if time.time() - lock.stat().st_mtime > _LOCK_STALE_SECONDS:
+                    lock.rmdir()
+                    continue
+            if time.monotonic() > deadline:
+                raise Conflict(f"{lock}: held for over {_LOCK_WAIT_SECONDS} s") from None
+            time.sleep(0.005)
+    try:
+        yield
+    finally:
+        lock.rmdir()
 
 
 class ModelRepository:
@@ -188,8 +223,30 @@ class ModelRepository:
         folder = self.model_dir(name)
         if version not in self.versions(name):
             raise ModelNotFound(f"model '{name}' has no version {version}")
-        with _storage_errors(f"cannot make version {version} of model '{name}' active"):
+        with (
+            _storage_errors(f"cannot make version {version} of model '{name}' active"),
+            _pointer_lock(folder),
+        ):
             _write_pointer(folder, version, exclusive=False)
+
+    def compare_and_set_active(self, name: str, expected: int, version: int) -> bool:
+        """Point ``active`` at ``version`` only if it still names ``expected``; whether it did.
+
+        Replicas sharing the repository serialize on a lock folder (``mkdir`` is atomic on
+        local filesystems and NFS alike), so two that decide together from the same serving
+        version switch once: the second finds ``active`` moved and changes nothing.
+        """
+        folder = self.model_dir(name)
+        if version not in self.versions(name):
+            raise ModelNotFound(f"model '{name}' has no version {version}")
+        with (
+            _storage_errors(f"cannot make version {version} of model '{name}' active"),
+            _pointer_lock(folder),
+        ):
+            if self.active_version(name) != expected:
+                return False
+            _write_pointer(folder, version, exclusive=False)
+            return True
 
     def sweep_temporaries(self, older_than: float = 3600.0) -> list[Path]:
         """Remove hidden temporary folders and files a crashed writer left behind.

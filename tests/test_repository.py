@@ -4,6 +4,7 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,30 @@ def test_replicas_resolving_a_missing_pointer_together_agree(repo: ModelReposito
     assert results == [2] * 8
     assert (repo.root / "digits" / "active").read_text() == "2\n"
     assert not list((repo.root / "digits").glob(".tmp-*"))
+
+
+def _cas(root: str, version: int) -> bool:
+    return ModelRepository(Path(root)).compare_and_set_active("digits", 1, version)
+
+
+def test_compare_and_set_switches_once_among_racing_processes(repo: ModelRepository) -> None:
+    for _ in range(6):
+        repo.write_version("digits", _copy_model)
+    with ProcessPoolExecutor(max_workers=6) as pool:
+        won = list(pool.map(_cas, [str(repo.root)] * 6, range(2, 8)))
+    assert sum(won) == 1
+    winner = 2 + won.index(True)
+    assert repo.active_version("digits") == winner
+    assert not repo.compare_and_set_active("digits", 1, 3)  # 1 is no longer active
+    assert repo.compare_and_set_active("digits", winner, 1)
+    assert repo.active_version("digits") == 1
+    assert not (repo.root / "digits" / ".active.lock").exists()
+
+
+def test_a_stale_pointer_lock_is_broken(repo: ModelRepository) -> None:
+    lock = repo.root / "digits" / ".active.lock"
+    lock.mkdir()
+    os.utime(lock, (time.time() - 60, time.time() - 60))  # left by a process that died
+    repo.write_version("digits", _copy_model)
+    assert repo.compare_and_set_active("digits", 1, 2)
+    assert not lock.exists()
