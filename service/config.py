@@ -3,18 +3,38 @@
 import math
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from service.backends.families import FAMILY_NAMES, family
 from service.datatypes import DTYPES
 from service.errors import ConfigError
+from service.stats.recalibrate import RecalibrationMode
 
-Backend = Literal["onnx", "torch"]
-RecalibrationMode = Literal["cumulative", "population", "ema"]
 
-MODEL_FILES: dict[str, str] = {"onnx": "model.onnx", "torch": "model.pt2"}
-PLATFORMS: dict[str, str] = {"onnx": "onnxruntime_onnx", "torch": "pytorch_export"}
+def _known_family(value: object) -> object:
+    if value not in FAMILY_NAMES:
+        *others, last = (repr(name) for name in FAMILY_NAMES)
+        expected = f"{', '.join(others)} or {last}" if others else last
+        # in the words pydantic uses for a Literal
+        raise PydanticCustomError(
+            "literal_error", "Input should be {expected}", {"expected": expected}
+        )
+    return value
+
+
+FamilyName = Annotated[str, BeforeValidator(_known_family)]
+"""The name of a runtime family (``service.backends.families``): ``backend = "onnx"``."""
 
 
 class _Strict(BaseModel):
@@ -46,11 +66,22 @@ class BatchingConfig(_Strict):
     max_queue: Annotated[int, Field(ge=1)] = 1024
 
 
+GhostBatchSize = Annotated[int, Field(ge=2, le=65_536)]
+"""Samples per ghost batch: two at least, or a batch has no unbiased variance."""
+Momentum = Annotated[float, Field(gt=0.0, le=1.0)]
+"""EMA momentum, torch's BatchNorm ``momentum``: the weight of each new batch."""
+Prior = Annotated[float, Field(ge=0.0)]
+"""Weight of the stored statistics, in samples (``stats.recalibrate.apply_prior``)."""
+
+
 class RecalibrationConfig(_Strict):
-    batch_size: Annotated[int, Field(ge=2, le=65_536)] = 64
+    """``[recalibration]``: the defaults of the recalibrate routes' parameters of the same
+    names (``service.recalibration.params.RecalibrationParams``)."""
+
+    batch_size: GhostBatchSize = 64
     mode: RecalibrationMode = "cumulative"
-    momentum: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
-    prior: Annotated[float, Field(ge=0.0)] = 0.0
+    momentum: Momentum = 0.1
+    prior: Prior = 0.0
 
 
 class DriftConfig(_Strict):
@@ -62,7 +93,7 @@ class DriftConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backend: Backend
+    backend: FamilyName
     max_batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 64
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -82,11 +113,11 @@ class ModelConfig(_Strict):
 
     @property
     def model_file(self) -> str:
-        return MODEL_FILES[self.backend]
+        return family(self.backend).model_file
 
     @property
     def platform(self) -> str:
-        return PLATFORMS[self.backend]
+        return family(self.backend).platform
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

@@ -1,9 +1,10 @@
 """Prometheus metrics on an explicit ``CollectorRegistry`` (never the global default one).
 
-Names and labels are part of the interface (DESIGN.md "Metrics"); labels are only ``model``,
-``version``, ``layer``, ``code`` and ``outcome``, and only for models that exist, so unknown
-paths and model names never create series. Gauges that describe current state (queue depth,
-active version) are read at scrape time by ``StateCollector``.
+Names and labels are part of the interface: dashboards and alerts use them (README
+"Metrics"). Labels are only ``model``, ``version``, ``layer``, ``code`` and ``outcome``, and
+only for models that exist, so unknown paths and model names never create series. Gauges that
+describe current state (queue depth, active version) are read at scrape time by
+``StateCollector``.
 """
 
 from collections.abc import Callable, Iterable, Iterator

@@ -11,9 +11,10 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from service.backends.base import Arrays, Backend
-from service.backends.loader import load_backend
+from service.backends.families import family
 from service.batching import DynamicBatcher
 from service.config import ModelConfig
 from service.drift.factory import make_monitor
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 _MAX_EXTRA_VERSIONS = 2
 """Non-serving versions kept loaded after an explicit ``/versions/{v}`` request."""
+
+
+def load_backend(
+    version_dir: Path, config: ModelConfig, threads: int = 0, spinning: bool | None = None
+) -> Backend:
+    """Load ``version_dir / config.model_file`` with the family that ``config.backend`` names
+    (``Family.load``: ``threads``, ``spinning`` and the ``ConfigError`` raised there)."""
+    return family(config.backend).load(version_dir / config.model_file, config, threads, spinning)
 
 
 @dataclass
@@ -127,7 +136,8 @@ class ModelRegistry:
             if entry is None:
                 raise ModelNotReady(f"model '{name}' is not loaded")
             if version not in entry.extra:
-                if version not in self.repository.versions(name, entry.config):
+                versions = await asyncio.to_thread(self.repository.versions, name, entry.config)
+                if version not in versions:
                     raise ModelNotFound(f"model '{name}' has no version {version}")
                 entry.extra[version] = await self._load_version(name, entry.config, version)
                 while len(entry.extra) > _MAX_EXTRA_VERSIONS:
@@ -170,8 +180,11 @@ class ModelRegistry:
             entry = self._entries.get(name)
             if entry is not None and entry.serving.version == version and not write_pointer:
                 return entry.serving
-            config = entry.config if entry is not None else self.repository.config(name)
-            if version not in self.repository.versions(name, config):
+            if entry is not None:
+                config = entry.config
+            else:
+                config = await asyncio.to_thread(self.repository.config, name)
+            if version not in await asyncio.to_thread(self.repository.versions, name, config):
                 raise ModelNotFound(f"model '{name}' has no version {version}")
             new = await self._load_version(name, config, version)
             if write_pointer:
@@ -192,7 +205,7 @@ class ModelRegistry:
         async with self._lock(name):
             entry = self._entries.pop(name, None)
             if entry is None:
-                self.repository.model_dir(name)
+                await asyncio.to_thread(self.repository.model_dir, name)
                 return
             await self._close_entry(entry)
 
@@ -202,7 +215,7 @@ class ModelRegistry:
         self._drift_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _load_version(self, name: str, config: ModelConfig, version: int) -> LoadedModel:
-        path = self.repository.version_dir(name, version)
+        path = await asyncio.to_thread(self.repository.version_dir, name, version)
         backend = await asyncio.to_thread(load_backend, path, config, self._threads, self._spinning)
         drift = await asyncio.to_thread(
             make_monitor, config, path, backend.layers, self._drift_executor, self._threads

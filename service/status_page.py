@@ -1,16 +1,9 @@
 """The status page (``GET /``) as one self-contained HTML document: inline CSS and SVG, no script.
 
-``render_status(models)`` is a pure function of plain dicts, one per loaded model::
-
-    {"name": "digits", "platform": "onnxruntime_onnx", "version": "2",   # the serving version
-     "versions": [{"version": "1", "active": False, "provenance": None},
-                  {"version": "2", "active": True,
-                   "provenance": {"source_version": "1", "created": "...", "samples": 719,
-                                  "parameters": {"mode": "cumulative", ...}}}],
-     "drift": <the drift JSON of the serving version, per-channel detail optional> | None}
-
-``provenance`` may instead be ``{"error": "..."}`` (an unreadable ``recalibration.json``).
-Every string that comes from the data is escaped with ``html.escape``, attributes included.
+``render_status(models)`` is a pure function of one ``ModelStatus`` per loaded model: the
+same data that the versions and drift routes return as JSON. A version's ``provenance`` may
+instead be ``{"error": "..."}`` (an unreadable ``recalibration.json``). Every string that
+comes from the data is escaped with ``html.escape``, attributes included.
 
 Each layer's bar is drawn on a linear scale shared by the model's layers: the bar is the drift
 (W2 RMS), the tick the no-shift baseline at the same window size. The bar is split by the exact
@@ -22,7 +15,21 @@ of the bar's length, the lighter one the spread's.
 
 import math
 from html import escape
-from typing import Any
+from typing import Any, TypedDict
+
+from service.api.versions import VersionEntry
+from service.drift.report import LayerDrift, VersionDrift
+
+
+class ModelStatus(TypedDict):
+    name: str
+    platform: str
+    version: str
+    """The serving version."""
+    versions: list[VersionEntry]
+    drift: VersionDrift | None
+    """The serving version's drift, without per-channel detail; None when not monitored."""
+
 
 _BAR_WIDTH = 300
 _BAR_HEIGHT = 18
@@ -70,7 +77,7 @@ text-overflow:ellipsis}
 """
 
 
-def _e(value: Any) -> str:
+def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
@@ -88,7 +95,7 @@ def _level(ratio: float | None) -> tuple[str, str]:
     return _LEVELS[-1][1], _LEVELS[-1][2]
 
 
-def _bar(layer: dict[str, Any], scale: float) -> str:
+def _bar(layer: LayerDrift, scale: float) -> str:
     """The layer's SVG bar: track, drift split into mean-shift and spread shares, baseline tick."""
     w, h = _BAR_WIDTH, _BAR_HEIGHT
     parts = [
@@ -96,15 +103,15 @@ def _bar(layer: dict[str, Any], scale: float) -> str:
         f'aria-label="drift of {_e(layer["name"])}">',
         f'<rect x="0" y="4" width="{w}" height="{h - 8}" rx="3" fill="#eef0f3"/>',
     ]
-    drift, base = layer.get("drift"), layer.get("baseline")
+    drift, base = layer["drift"], layer["baseline"]
     if drift is None:
         parts.append(
             f'<text x="8" y="{h / 2 + 4:g}" font-size="11" fill="#6b7785">no traffic yet</text>'
         )
     else:
-        colour = _COLOURS[_level(layer.get("drift_ratio"))[0]]
+        colour = _COLOURS[_level(layer["drift_ratio"])[0]]
         length = w * min(drift / scale, 1.0)
-        shift = layer.get("mean_shift") or 0.0
+        shift = layer["mean_shift"] or 0.0
         share = min(max(shift * shift / (drift * drift), 0.0), 1.0) if drift > 0 else 0.0
         parts += [
             f'<rect class="drift" x="0" y="4" width="{length:.1f}" height="{h - 8}" rx="3" '
@@ -113,20 +120,21 @@ def _bar(layer: dict[str, Any], scale: float) -> str:
             f'height="{h - 8}" rx="3" fill="{colour}"><title>mean-shift share of drift² '
             f"{share:.0%}</title></rect>",
         ]
-    if base is not None and base.get("drift") is not None:
-        x = w * min(base["drift"] / scale, 1.0)
+    base_drift = None if base is None else base.get("drift")
+    if base_drift is not None:
+        x = w * min(base_drift / scale, 1.0)
         parts.append(
             f'<line class="baseline" x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{h}" stroke="#1d2530" '
-            f'stroke-width="2"><title>no-shift baseline {_num(base["drift"], 4)}</title></line>'
+            f'stroke-width="2"><title>no-shift baseline {_num(base_drift, 4)}</title></line>'
         )
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _scale(layers: list[dict[str, Any]]) -> float:
+def _scale(layers: list[LayerDrift]) -> float:
     """The value at the right end of every bar of a model: its largest drift or baseline."""
-    values = [layer.get("drift") or 0.0 for layer in layers]
-    values += [(layer.get("baseline") or {}).get("drift") or 0.0 for layer in layers]
+    values = [layer["drift"] or 0.0 for layer in layers]
+    values += [(layer["baseline"] or {}).get("drift") or 0.0 for layer in layers]
     return max(values, default=0.0) * 1.1 or 1.0
 
 
@@ -136,56 +144,57 @@ def _samples(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def _components(layer: dict[str, Any]) -> str:
+def _components(layer: LayerDrift) -> str:
     """Two lines of numbers: score against baseline and window; the score's components."""
-    window = f"window {_samples(layer.get('window_samples'))} samples"
-    if layer.get("drift") is None:
+    window = f"window {_samples(layer['window_samples'])} samples"
+    if layer["drift"] is None:
         return window
-    base = (layer.get("baseline") or {}).get("drift")
-    worst = layer.get("worst_channel")
+    base = (layer["baseline"] or {}).get("drift")
+    worst = layer["worst_channel"]
     worst_text = "" if worst is None else f" · worst ch {_e(worst)}: "
-    worst_text += "" if worst is None else _num(layer.get("worst_channel_drift"))
+    worst_text += "" if worst is None else _num(layer["worst_channel_drift"])
     return (
-        f"drift {_num(layer.get('drift'))} · baseline {_num(base)} · {window}<br>"
-        f"mean shift {_num(layer.get('mean_shift'))} · log var ratio "
-        f"{_num(layer.get('log_var_ratio'))}{worst_text}"
+        f"drift {_num(layer['drift'])} · baseline {_num(base)} · {window}<br>"
+        f"mean shift {_num(layer['mean_shift'])} · log var ratio "
+        f"{_num(layer['log_var_ratio'])}{worst_text}"
     )
 
 
-def _layer_row(layer: dict[str, Any], scale: float) -> str:
-    css, label = _level(layer.get("drift_ratio"))
-    if layer.get("drift") is None:
+def _layer_row(layer: LayerDrift, scale: float) -> str:
+    drift_ratio = layer["drift_ratio"]
+    css, label = _level(drift_ratio)
+    if layer["drift"] is None:
         ratio, css, label = _DASH, "unknown", "no traffic yet"
-    elif layer.get("drift_ratio") is None:
+    elif drift_ratio is None:
         ratio = "no baseline"
     else:
-        ratio = f"{layer['drift_ratio']:.2f}&#215;"
+        ratio = f"{drift_ratio:.2f}&#215;"
     name = _e(layer["name"])
     return (
         f'<tr class="layer" data-layer="{name}">'
-        f'<td class="layer"><b>{name}</b> <span class="muted">{_e(layer.get("kind", ""))} · '
-        f"{_e(layer.get('channels', '?'))} ch</span></td>"
+        f'<td class="layer"><b>{name}</b> <span class="muted">{_e(layer["kind"])} · '
+        f"{_e(layer['channels'])} ch</span></td>"
         f"<td>{_bar(layer, scale)}</td>"
         f'<td class="ratio {css}">{ratio}<small>{_e(label)}</small></td>'
         f'<td class="nums">{_components(layer)}</td></tr>'
     )
 
 
-def _drift_section(model: dict[str, Any]) -> str:
-    drift = model.get("drift")
+def _drift_section(model: ModelStatus) -> str:
+    drift = model["drift"]
     if drift is None:
         return '<p class="meta">Drift monitoring is off for this model.</p>'
-    baseline = drift.get("baseline")
+    baseline = drift["baseline"]
     meta = (
-        f"Drift of v{_e(drift.get('version', model.get('version', '?')))} · window half-life "
-        f"{_samples(drift.get('half_life'))} samples · {_e(drift.get('batches_tapped', 0))} of "
-        f"{_e(drift.get('batches_seen', 0))} batches tapped "
-        f"({_e(drift.get('samples_tapped', 0))} of {_e(drift.get('samples_seen', 0))} samples)"
+        f"Drift of v{_e(drift['version'])} · window half-life "
+        f"{_samples(drift['half_life'])} samples · {_e(drift['batches_tapped'])} of "
+        f"{_e(drift['batches_seen'])} batches tapped "
+        f"({_e(drift['samples_tapped'])} of {_e(drift['samples_seen'])} samples)"
         f" · baseline from {'no reference data' if baseline is None else _e(baseline)}"
     )
-    layers = list(drift.get("layers", []))
+    layers = drift["layers"]
     scale = _scale(layers)
-    drawn = any(layer.get("drift") is not None for layer in layers)
+    drawn = any(layer["drift"] is not None for layer in layers)
     scale_text = f" (0 {_DASH} {_num(scale)})" if drawn else ""
     rows = "".join(_layer_row(layer, scale) for layer in layers)
     head = (
@@ -200,7 +209,7 @@ def _drift_section(model: dict[str, Any]) -> str:
     )
 
 
-def _drift_errors(drift: dict[str, Any]) -> str:
+def _drift_errors(drift: VersionDrift) -> str:
     """A line on failed taps (tapping backs off after each), or nothing if there were none."""
     errors = drift.get("errors") or 0
     if not errors:
@@ -230,26 +239,26 @@ def _provenance(provenance: dict[str, Any] | None) -> str:
     return " · ".join(parts)
 
 
-def _versions_table(model: dict[str, Any]) -> str:
+def _versions_table(model: ModelStatus) -> str:
     rows = []
-    for entry in model.get("versions", []):
-        active = bool(entry.get("active"))
+    for entry in model["versions"]:
+        active = entry["active"]
         marker = '<span class="marker">● active</span>' if active else ""
         rows.append(
             f'<tr class="version{" active" if active else ""}" '
             f'data-version="{_e(entry["version"])}" data-active="{str(active).lower()}">'
             f"<td>v{_e(entry['version'])}</td><td>{marker}</td>"
-            f'<td class="provenance">{_provenance(entry.get("provenance"))}</td></tr>'
+            f'<td class="provenance">{_provenance(entry["provenance"])}</td></tr>'
         )
     return f'<table class="versions">{"".join(rows)}</table>'
 
 
-def _model_section(model: dict[str, Any]) -> str:
+def _model_section(model: ModelStatus) -> str:
     name = _e(model["name"])
     return (
         f'<section class="model" id="model-{name}" data-model="{name}">'
         f'<h2>{name}<span class="badge">{_e(model.get("platform", "?"))}</span>'
-        f'<span class="badge">serving v{_e(model.get("version", "?"))}</span></h2>'
+        f'<span class="badge">serving v{_e(model["version"])}</span></h2>'
         f"{_versions_table(model)}{_drift_section(model)}</section>"
     )
 
@@ -275,8 +284,8 @@ def _legend() -> str:
     )
 
 
-def render_status(models: list[dict[str, Any]]) -> str:
-    """The whole page for ``models`` (module docstring: the dict layout)."""
+def render_status(models: list[ModelStatus]) -> str:
+    """The whole page for ``models``."""
     sections = "".join(_model_section(model) for model in models)
     if not models:
         sections = '<p class="muted">No model is loaded.</p>'

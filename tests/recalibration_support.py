@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from service.backends.torch_backend import load_program
+from service.backends.torch.program import load_program
 from tests.conftest import ADMIN_TOKEN
 from tests.helpers import infer_body, output_of, reference_module
 

@@ -44,11 +44,11 @@ def test_a_sample_alone_equals_its_row_in_a_batch(bundled_client: TestClient, mo
         assert_rel_close(output_of(alone.json())[0], batch[i], 1e-6)
 
 
-@pytest.mark.parametrize("family", ["digits", "wine", "digits_ln"])
-def test_onnx_and_torch_forms_agree(bundled_client: TestClient, family: str) -> None:
-    x = sample_inputs(family, 32, seed=2)
-    onnx_out = bundled_client.post(f"/v2/models/{family}/infer", content=infer_body(x))
-    torch_out = bundled_client.post(f"/v2/models/{family}_torch/infer", content=infer_body(x))
+@pytest.mark.parametrize("architecture", ["digits", "wine", "digits_ln"])
+def test_onnx_and_torch_forms_agree(bundled_client: TestClient, architecture: str) -> None:
+    x = sample_inputs(architecture, 32, seed=2)
+    onnx_out = bundled_client.post(f"/v2/models/{architecture}/infer", content=infer_body(x))
+    torch_out = bundled_client.post(f"/v2/models/{architecture}_torch/infer", content=infer_body(x))
     np.testing.assert_allclose(
         output_of(onnx_out.json()), output_of(torch_out.json()), rtol=1e-5, atol=1e-5
     )

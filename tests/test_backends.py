@@ -21,12 +21,14 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from service.backends.base import Backend, NormLayer
-from service.backends.loader import load_backend
-from service.backends.onnx_backend import OnnxBackend, onnx_layers, session_options
-from service.backends.torch_backend import TorchBackend, torch_layers
+from service.backends.onnx.layers import onnx_layers
+from service.backends.onnx.serving import OnnxBackend, session_options
+from service.backends.torch.layers import torch_layers
+from service.backends.torch.serving import TorchBackend
+from service.cli.inspect_model import format_layers, inspect_file
 from service.config import ModelConfig
 from service.errors import ConfigError
-from service.inspect import format_layers, inspect_file
+from service.registry import load_backend
 
 SAMPLE_SHAPE = (1, 8, 8)
 

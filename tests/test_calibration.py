@@ -21,11 +21,14 @@ from onnx import helper, numpy_helper, version_converter
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from service.backends.calibration import BatchStatsForward
-from service.backends.onnx_backend import onnx_layers
-from service.backends.onnx_calibration import onnx_batch_stats, write_onnx_statistics
-from service.backends.torch_backend import load_program, torch_layers
-from service.backends.torch_calibration import torch_batch_stats, write_torch_statistics
+from service.backends.base import BatchStatsForward
+from service.backends.onnx.calibration import onnx_batch_stats
+from service.backends.onnx.layers import onnx_layers
+from service.backends.onnx.statistics import write_onnx_statistics
+from service.backends.torch.calibration import torch_batch_stats
+from service.backends.torch.layers import torch_layers
+from service.backends.torch.program import load_program
+from service.backends.torch.statistics import write_torch_statistics
 from service.errors import InvalidInput
 from service.stats.moments import Moments
 from service.stats.recalibrate import Recalibration

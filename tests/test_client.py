@@ -1,6 +1,8 @@
 """The operator's client: ``bnserve recalibrate / versions / activate`` against a real server,
 and its pure formatters."""
 
+import dataclasses
+import inspect
 import io
 import json
 import re
@@ -19,13 +21,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.__main__ import main
-from service.client.progress import ProgressBar, format_progress, format_summary
-from service.client.recalibrate import content_type_for, file_chunks, recalibration_query
-from service.client.tables import format_report, format_table, format_versions
-from service.client.transport import ClientError, Endpoint, UsageError, error_message
+from service.cli.client.commands import MODES as CLIENT_MODES
+from service.cli.client.progress import ProgressBar, format_progress, format_summary
+from service.cli.client.recalibrate import content_type_for, file_chunks, recalibration_query
+from service.cli.client.tables import format_report, format_table, format_versions
+from service.cli.client.transport import ClientError, Endpoint, UsageError, error_message
+from service.cli.inspect_model import inspect_file
+from service.cli.main import main
 from service.examples import corrupt, load_digits_split
-from service.inspect import inspect_file
+from service.recalibration.params import RecalibrationParams
+from service.stats.recalibrate import MODES
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, LiveServer, free_port, start_server
 
 Outcome = tuple[int, str, str]
@@ -233,7 +238,7 @@ def test_unreachable_server_and_missing_file_exit_codes(
 
 def test_client_imports_no_serving_stack() -> None:
     code = (
-        "import sys, service.__main__, service.client.commands; "
+        "import sys, service.__main__, service.cli.client.commands; "
         "print(sorted({'fastapi', 'torch', 'onnxruntime', 'numpy'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -407,6 +412,16 @@ def test_request_building() -> None:
     assert str(Endpoint.parse("host:8000")) == "http://host:8000"
     with pytest.raises(UsageError):
         Endpoint.parse("ftp://host")
+
+
+def test_client_and_server_agree_on_the_recalibration_parameters() -> None:
+    """The client imports nothing of the server (it starts without the serving stack), so it
+    spells the parameters out itself: they must be the server's names, defaults and modes."""
+    client = inspect.signature(recalibration_query).parameters
+    server = dataclasses.fields(RecalibrationParams)
+    assert list(client) == [field.name for field in server]
+    assert [p.default for p in client.values()] == [field.default for field in server]
+    assert CLIENT_MODES == MODES
 
 
 def test_file_chunks_report_bytes_taken() -> None:

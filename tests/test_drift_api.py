@@ -1,9 +1,10 @@
-"""Per-layer drift through HTTP (issue 4 acceptance): JSON, reset, Prometheus, sampling.
+"""Per-layer drift through HTTP: JSON, reset, Prometheus, sampling.
 
 The reference for every drift value is an independent float64 computation: forward pre-hooks
 on the original torch module (rebuilt from the example's weights, run in float64) record each
 BatchNorm input of the same traffic; the decayed window is computed in closed form (batch ``k``
-weighs ``0.5 ** (samples after it / half_life)``) and scored with DESIGN.md "Drift" in numpy.
+weighs ``0.5 ** (samples after it / half_life)``) and scored in numpy with the formulas of
+README "Drift" (written out again here, not imported from ``service.stats.drift``).
 With ``max_overhead >= 1`` every batch is tapped in order, and sequential requests are one
 batch each, so the served window and the reference see the same batches.
 """

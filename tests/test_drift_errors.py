@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 import service.drift.factory
-from service.backends.taps import TappedForward
+from service.backends.base import TappedForward
 from service.config import ModelConfig
 from service.drift import DriftCollector, DriftMonitor
 from service.drift.failures import TapFailures

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from service.backends.torch_backend import load_program
+from service.backends.torch.program import load_program
 from service.config import load_model_config
 from service.examples import (
+    ARCHITECTURES,
     CORRUPTIONS,
     EXAMPLES,
-    FAMILIES,
     DigitsCNN,
     batchnorm_modules,
     corrupt,
@@ -25,10 +25,10 @@ from service.examples import (
 from service.examples.export import export_onnx
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-FAMILY_NAMES = [example.family for example in EXAMPLES]
-BY_FAMILY = {example.family: example for example in EXAMPLES}
-SPLITS = {example.family: example.load() for example in EXAMPLES}
-TEST_SPLITS = {family: split[2:] for family, split in SPLITS.items()}
+ARCHITECTURE_NAMES = [example.architecture for example in EXAMPLES]
+BY_ARCHITECTURE = {example.architecture: example for example in EXAMPLES}
+SPLITS = {example.architecture: example.load() for example in EXAMPLES}
+TEST_SPLITS = {architecture: split[2:] for architecture, split in SPLITS.items()}
 
 
 def _onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
@@ -43,51 +43,51 @@ def _torch_logits(module: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def test_families_cover_the_repository() -> None:
-    expected = {f + suffix for f in FAMILIES for suffix in ("", "_torch")}
+    expected = {f + suffix for f in ARCHITECTURES for suffix in ("", "_torch")}
     assert {p.name for p in MODELS.iterdir() if p.is_dir()} >= expected
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
+@pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
-def test_model_folder_is_valid(family: str, backend: str) -> None:
-    folder = MODELS / (family if backend == "onnx" else f"{family}_torch")
+def test_model_folder_is_valid(architecture: str, backend: str) -> None:
+    folder = MODELS / (architecture if backend == "onnx" else f"{architecture}_torch")
     config = load_model_config(folder / "config.toml")
     assert config.backend == backend
     assert [(s.name, s.datatype) for s in config.inputs] == [("input", "FP32")]
     assert [(s.name, s.datatype) for s in config.outputs] == [("logits", "FP32")]
     assert (folder / "active").read_text() == "1\n"
     assert (folder / "1" / config.model_file).is_file()
-    assert config.outputs[0].shape == (BY_FAMILY[family].classes,)
+    assert config.outputs[0].shape == (BY_ARCHITECTURE[architecture].classes,)
     reference = np.load(folder / "1" / "reference.npy", allow_pickle=False)
-    x_train = SPLITS[family][0]
+    x_train = SPLITS[architecture][0]
     assert reference.dtype == np.float32
     assert reference.shape[1:] == config.inputs[0].shape == x_train.shape[1:]
     np.testing.assert_array_equal(reference, x_train[:2048])  # the training inputs
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_onnx_keeps_one_batchnorm_node_per_module(family: str) -> None:
-    graph = onnx.load(str(MODELS / family / "1" / "model.onnx")).graph
+@pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)
+def test_onnx_keeps_one_batchnorm_node_per_module(architecture: str) -> None:
+    graph = onnx.load(str(MODELS / architecture / "1" / "model.onnx")).graph
     nodes = [n for n in graph.node if n.op_type == "BatchNormalization"]
     initializers = {init.name for init in graph.initializer}
-    assert len(nodes) == len(batchnorm_modules(FAMILIES[family]())) > 0
+    assert len(nodes) == len(batchnorm_modules(ARCHITECTURES[architecture]())) > 0
     # Statistics are rewritten by initializer name: every BN parameter must be one.
     assert all(name in initializers for node in nodes for name in node.input[1:])
 
 
-@pytest.mark.parametrize("family", FAMILY_NAMES)
-def test_both_forms_match_the_rebuilt_module(family: str) -> None:
-    pt2 = MODELS / f"{family}_torch" / "1" / "model.pt2"
-    module = load_module(family, pt2)
-    x_test, _ = TEST_SPLITS[family]
+@pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)
+def test_both_forms_match_the_rebuilt_module(architecture: str) -> None:
+    pt2 = MODELS / f"{architecture}_torch" / "1" / "model.pt2"
+    module = load_module(architecture, pt2)
+    x_test, _ = TEST_SPLITS[architecture]
     expected = _torch_logits(module, x_test)
-    served_onnx = _onnx_logits(MODELS / family / "1" / "model.onnx", x_test)
+    served_onnx = _onnx_logits(MODELS / architecture / "1" / "model.onnx", x_test)
     served_torch = _torch_logits(load_program(str(pt2)).module(), x_test)
     np.testing.assert_allclose(served_onnx, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(served_torch, expected, rtol=1e-5, atol=1e-5)
     # One sample alone gives its row of the batch (eval mode, dynamic batch axis).
     np.testing.assert_allclose(
-        _onnx_logits(MODELS / family / "1" / "model.onnx", x_test[3:4]),
+        _onnx_logits(MODELS / architecture / "1" / "model.onnx", x_test[3:4]),
         expected[3:4],
         rtol=1e-5,
         atol=1e-5,

@@ -1,4 +1,5 @@
-"""``/metrics``: the DESIGN.md names and labels, bounded label sets, values that match traffic."""
+"""``/metrics``: the names and labels of README "Metrics", bounded label sets, values that match
+traffic."""
 
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families

@@ -37,9 +37,11 @@ from torch._export.serde import schema
 from torch._export.serde.serialize import _print_sympy
 from torch.utils._sympy import functions as sympy_functions
 
-from service.backends import torch_archive, torch_backend
-from service.backends.torch_archive import UnsafeArchive, check_archive, check_program
-from service.backends.torch_backend import TorchBackend, load_program
+from service.backends.torch import program as torch_program
+from service.backends.torch.archive import UnsafeArchive, check_archive, check_program
+from service.backends.torch.archive import programs as torch_archive
+from service.backends.torch.program import load_program
+from service.backends.torch.serving import TorchBackend
 from service.config import load_model_config
 from service.errors import ConfigError
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, make_client, start_server
@@ -182,7 +184,7 @@ def test_the_load_itself_never_falls_back_to_a_full_unpickle(
 ) -> None:
     """Second line of defence: with the static check switched off, ``torch.load`` is still
     held to the weights-only unpickler during the load, and restored after it."""
-    monkeypatch.setattr(torch_backend, "check_archive", lambda data: None)
+    monkeypatch.setattr(torch_program, "check_archive", lambda data: None)
     marker = tmp_path / "pwned"
     path = hostile(where, tmp_path / "model.pt2", marker)
     original = torch.load

@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from service.backends.loader import load_backend
-from service.backends.onnx_taps import onnx_taps
-from service.backends.taps import SampleMoments, TappedForward
-from service.backends.torch_taps import torch_taps
+from service.backends.base import TappedForward
+from service.backends.onnx.taps import onnx_taps
+from service.backends.taps import SampleMoments
+from service.backends.torch.taps import torch_taps
 from service.config import load_model_config
 from service.errors import InvalidInput
+from service.registry import load_backend
 from tests.helpers import EXAMPLE_MODELS, MODELS, assert_rel_close, reference_module, sample_inputs
 
 Float64 = npt.NDArray[np.float64]
@@ -108,11 +109,11 @@ def test_pooled_equals_numpy_over_samples_and_positions(model: str) -> None:
         assert_rel_close(pooled.var_biased, values.var(axis=axes), REL)
 
 
-@pytest.mark.parametrize("family", ["digits", "digits_ln", "wine"])
-def test_both_formats_of_a_model_agree(family: str) -> None:
-    x = {"input": sample_inputs(family, 32, seed=3)}
-    from_onnx = bundled_taps(family).sample_moments(x)
-    from_torch = bundled_taps(f"{family}_torch").sample_moments(x)
+@pytest.mark.parametrize("architecture", ["digits", "digits_ln", "wine"])
+def test_both_formats_of_a_model_agree(architecture: str) -> None:
+    x = {"input": sample_inputs(architecture, 32, seed=3)}
+    from_onnx = bundled_taps(architecture).sample_moments(x)
+    from_torch = bundled_taps(f"{architecture}_torch").sample_moments(x)
     assert list(from_onnx) == list(from_torch)
     for name in from_onnx:
         assert from_onnx[name].positions == from_torch[name].positions

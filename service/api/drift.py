@@ -8,6 +8,7 @@ from service.api.auth import require_admin
 from service.api.context import loaded_model
 from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
+from service.drift.report import named_snapshot
 from service.errors import InvalidInput
 from service.registry import LoadedModel
 
@@ -20,9 +21,7 @@ def _monitored(model: LoadedModel) -> Response:
             f"model '{model.name}' has no drift monitoring "
             "(no layer with running statistics, or [drift] enabled = false)"
         )
-    return json_response(
-        {"name": model.name, "version": str(model.version)} | model.drift.snapshot()
-    )
+    return json_response(named_snapshot(model.name, model.version, model.drift.snapshot()))
 
 
 @router.get("/v2/models/{model_name}/drift")

@@ -1,9 +1,10 @@
 """BatchNorm recalibration extension: recalibrate, list versions, activate (admin routes)."""
 
+import asyncio
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -11,8 +12,9 @@ from service.api.auth import require_admin
 from service.api.context import context, loaded_model
 from service.api.openapi import ERROR_RESPONSES
 from service.api.responses import json_response
+from service.api.versions import version_listing
 from service.errors import PayloadTooLarge, UnsupportedMediaType
-from service.recalibration.params import make_params
+from service.recalibration.params import RecalibrationParams
 from service.repository import parse_version
 from service.streams import MEDIA_TYPES
 
@@ -34,7 +36,7 @@ _STREAM_BODY = {
 
 
 async def _recalibrate(
-    request: Request, model_name: str, version: str | None, query: dict[str, Any]
+    request: Request, model_name: str, version: str | None, params: RecalibrationParams
 ) -> Response:
     ctx = context(request)
     content_type = request.headers.get("content-type")
@@ -49,36 +51,15 @@ async def _recalibrate(
             f"recalibration body of {declared} bytes is over the limit of {limit} bytes"
         )
     model = await loaded_model(request, model_name, version)
-    params = make_params(model.config.recalibration, **query)
     try:
-        report = await ctx.recalibrator.run(model, params, content_type, request.stream())
+        outcome = await ctx.recalibrator.run(model, params, content_type, request.stream())
     except ClientDisconnect:
         log.warning("recalibration of %s abandoned: the client disconnected", model_name)
         return Response(status_code=499)
-    return json_response(report)
+    return json_response(outcome)
 
 
-def _query(
-    mode: Annotated[str | None, Query(description="cumulative, population or ema")] = None,
-    batch_size: Annotated[int | None, Query(ge=2, le=65_536)] = None,
-    prior: Annotated[float | None, Query(ge=0)] = None,
-    momentum: Annotated[float | None, Query(gt=0, le=1)] = None,
-    layers: Annotated[str | None, Query(description="comma-separated name globs")] = None,
-    dry_run: bool = False,
-    activate: bool = True,
-) -> dict[str, Any]:
-    return {
-        "mode": mode,
-        "batch_size": batch_size,
-        "prior": prior,
-        "momentum": momentum,
-        "layers": layers,
-        "dry_run": dry_run,
-        "activate": activate,
-    }
-
-
-Query_ = Annotated[dict[str, Any], Depends(_query)]
+Params = Annotated[RecalibrationParams, Depends()]
 
 
 @router.post(
@@ -86,8 +67,8 @@ Query_ = Annotated[dict[str, Any], Depends(_query)]
     dependencies=[Depends(require_admin)],
     openapi_extra=_STREAM_BODY,
 )
-async def recalibrate(request: Request, model_name: str, query: Query_) -> Response:
-    return await _recalibrate(request, model_name, None, query)
+async def recalibrate(request: Request, model_name: str, params: Params) -> Response:
+    return await _recalibrate(request, model_name, None, params)
 
 
 @router.post(
@@ -96,25 +77,15 @@ async def recalibrate(request: Request, model_name: str, query: Query_) -> Respo
     openapi_extra=_STREAM_BODY,
 )
 async def recalibrate_version(
-    request: Request, model_name: str, version: str, query: Query_
+    request: Request, model_name: str, version: str, params: Params
 ) -> Response:
-    return await _recalibrate(request, model_name, version, query)
+    return await _recalibrate(request, model_name, version, params)
 
 
 @router.get("/v2/models/{model_name}/versions")
 async def versions(request: Request, model_name: str) -> Response:
-    ctx = context(request)
-    config = ctx.repository.config(model_name)
-    active = ctx.repository.active_version(model_name, config)
-    entries = [
-        {
-            "version": str(v),
-            "active": v == active,
-            "provenance": ctx.repository.provenance(model_name, v),
-        }
-        for v in ctx.repository.versions(model_name, config)
-    ]
-    return json_response({"name": model_name, "active": str(active), "versions": entries})
+    repository = context(request).repository
+    return json_response(await asyncio.to_thread(version_listing, repository, model_name))
 
 
 @router.post(

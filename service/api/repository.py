@@ -1,6 +1,7 @@
 """Triton's model-repository extension: index, load, unload (load/unload are admin)."""
 
-from typing import Any
+import asyncio
+from typing import Literal, TypedDict
 
 import orjson
 from fastapi import APIRouter, Depends
@@ -18,7 +19,14 @@ router = APIRouter(responses=ERROR_RESPONSES)
 _INDEX_BODY_LIMIT = 64 * 1024
 
 
-def _index_entry(ctx: ServiceContext, name: str) -> dict[str, Any]:
+class _IndexEntry(TypedDict):
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str
+
+
+def _index_entry(ctx: ServiceContext, name: str) -> _IndexEntry:
     if ctx.registry.is_loaded(name):
         model = ctx.registry.get(name)
         return {"name": name, "version": str(model.version), "state": "READY", "reason": ""}
@@ -38,7 +46,8 @@ async def index(request: Request) -> Response:
         if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
             raise InvalidInput('repository index body must be an object like {"ready": true}')
         ready_only = options.get("ready", False)
-    entries = [_index_entry(ctx, name) for name in ctx.repository.model_names()]
+    names = await asyncio.to_thread(ctx.repository.model_names)
+    entries = [_index_entry(ctx, name) for name in names]
     if ready_only:
         entries = [e for e in entries if e["state"] == "READY"]
     return json_response(entries)

@@ -1,52 +1,46 @@
-"""``GET /``: the status page; gathers plain dicts and hands them to ``render_status``."""
+"""``GET /``: the status page; gathers each loaded model's versions and drift for
+``render_status``."""
 
-from typing import Any
+import asyncio
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from service.api.context import ServiceContext, context
-from service.errors import ServiceError
-from service.status_page import render_status
+from service.api.context import context
+from service.api.versions import VersionEntry, shown_versions
+from service.drift.report import VersionDrift, named_snapshot
+from service.registry import LoadedModel
+from service.status_page import ModelStatus, render_status
 
 router = APIRouter()
 
 
-def _versions(ctx: ServiceContext, name: str) -> list[dict[str, Any]]:
-    repo = ctx.repository
-    config = ctx.registry.get(name).config
-    try:
-        active: int | None = repo.active_version(name, config)
-    except ServiceError:  # a broken ``active`` pointer: show the versions, mark none
-        active = None
-    entries = []
-    for version in repo.versions(name, config):
-        try:
-            provenance = repo.provenance(name, version)
-        except ServiceError as exc:  # one broken file must not take the whole page down
-            provenance = {"error": str(exc)}
-        entry = {"version": str(version), "active": version == active, "provenance": provenance}
-        entries.append(entry)
-    return entries
-
-
-def _model(ctx: ServiceContext, name: str) -> dict[str, Any]:
-    model = ctx.registry.get(name)
-    drift = None
-    if model.drift is not None:
-        drift = {"version": str(model.version)} | model.drift.snapshot(per_channel=False)
-    return {
-        "name": name,
-        "platform": model.backend.platform,
-        "version": str(model.version),
-        "versions": _versions(ctx, name),
-        "drift": drift,
-    }
+def _drift(model: LoadedModel) -> VersionDrift | None:
+    if model.drift is None:
+        return None
+    return named_snapshot(model.name, model.version, model.drift.snapshot(per_channel=False))
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def status_page(request: Request) -> HTMLResponse:
     ctx = context(request)
     # No await between listing and reading: the registry cannot change under us.
-    return HTMLResponse(render_status([_model(ctx, name) for name in ctx.registry.names()]))
+    models = [ctx.registry.get(name) for name in ctx.registry.names()]
+    drifts = [_drift(model) for model in models]
+
+    def read_versions() -> list[list[VersionEntry]]:
+        return [shown_versions(ctx.repository, model.name, model.config) for model in models]
+
+    versions = await asyncio.to_thread(read_versions)
+    statuses: list[ModelStatus] = [
+        {
+            "name": model.name,
+            "platform": model.backend.platform,
+            "version": str(model.version),
+            "versions": entries,
+            "drift": drift,
+        }
+        for model, drift, entries in zip(models, drifts, versions, strict=True)
+    ]
+    return HTMLResponse(render_status(statuses))

@@ -1,22 +1,20 @@
-"""Eval-mode taps: the per-sample moments of each normalization layer's input.
+"""What eval-mode taps return: the per-sample moments of each normalization layer's input.
 
 Drift compares the statistics a layer stores with those of the inputs it sees in serving.
 A tapped forward runs the whole model in eval mode (stored statistics used everywhere,
 dropout off: exactly the serving computation) and returns, for every layer with running
 statistics, the moments of that layer's *input*, per sample and channel, so that callers can
-pool any set of samples (a window, a bootstrap draw) exactly.
+pool any set of samples (a window, a bootstrap draw) exactly (``base.TappedForward``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from service.backends.base import Arrays
 from service.stats.moments import Moments
 
 Matrix = npt.NDArray[np.float64]
@@ -89,19 +87,3 @@ class SampleMoments:
         mean = np.concatenate([part.mean for part in parts])
         m2 = np.concatenate([part.m2 for part in parts])
         return cls(parts[0].positions, mean, m2)
-
-
-class TappedForward(Protocol):
-    """A model file's eval-mode forward with taps on its running-statistics layers.
-
-    ``layers`` are the names of the layers with running statistics (BatchNorm; InstanceNorm
-    with tracked statistics), in graph order, named as the serving backend's ``layers``.
-    Built from the file, separate from the serving backend, so taps never slow serving.
-    """
-
-    layers: tuple[str, ...]
-
-    def sample_moments(self, inputs: Arrays) -> dict[str, SampleMoments]:
-        """Eval-mode forward of the whole model on a batch (every input has the batch as its
-        first axis); for each of ``layers``, the per-sample moments of the layer's input."""
-        ...

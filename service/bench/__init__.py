@@ -1,4 +1,4 @@
-"""bnserve's benchmark suite (issue 5): ``python -m service.bench`` or ``bnserve bench``.
+"""bnserve's benchmark suite: ``python -m service.bench`` or ``bnserve bench``.
 
 Never imported by the service; the load generator and the report are importable without torch.
 """

@@ -1,4 +1,5 @@
-"""The benchmarks of issue 5, one function per case; each returns its table rows.
+"""The benchmarks, one function per case (a letter, as in README "Performance"); each
+returns its table rows.
 
 Every service figure sits next to a bare baseline measured in the same run (onnxruntime on
 the same file, torch ``update_bn`` on the same module), so a ratio compares like with like on
@@ -300,4 +301,4 @@ CASES: dict[str, Callable[[Bench], list[Row]]] = {
     "f": case_f,
     "g": case_g,
 }
-"""Case letter (issue 5) -> benchmark."""
+"""Case letter -> benchmark."""

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.backends.families import family
 from service.examples.export import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent.parent / "models"
@@ -119,7 +120,7 @@ def write_resnet_repository(
     """``root/resnet18`` (version 1 = a copy of ``onnx_file``, 32 reference samples)."""
     model_dir = root / RESNET
     (model_dir / "1").mkdir(parents=True)
-    shutil.copyfile(onnx_file, model_dir / "1" / "model.onnx")
+    shutil.copyfile(onnx_file, model_dir / "1" / family("onnx").model_file)
     shape = (3, image_size, image_size)
     reference = np.random.default_rng(2).standard_normal((RESNET_REFERENCE, *shape))
     np.save(model_dir / "1" / "reference.npy", reference.astype(np.float32), allow_pickle=False)
@@ -142,4 +143,4 @@ def write_digits_repository(root: Path, batching: bool = True, drift: bool | Non
 
 
 def digits_model_file() -> Path:
-    return BUNDLED_MODELS / DIGITS / "1" / "model.onnx"
+    return BUNDLED_MODELS / DIGITS / "1" / family("onnx").model_file

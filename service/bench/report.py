@@ -11,7 +11,6 @@ import os
 import platform
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -114,10 +113,10 @@ def format_markdown(
 def to_json(
     rows: list[Row], machine: dict[str, str], seconds: float, footer: Sequence[str] = ()
 ) -> str:
-    def clean(value: Any) -> Any:
+    def clean(value: object) -> object:
         return None if isinstance(value, float) and not math.isfinite(value) else value
 
-    def row_dict(row: Row) -> dict[str, Any]:
+    def row_dict(row: Row) -> dict[str, object]:
         values = {key: clean(value) for key, value in asdict(row).items()}
         values["target"] = None if row.target is None else str(row.target)
         return {**values, "ratio": clean(row.ratio), "met": row.met}

@@ -1,7 +1,7 @@
 """The no-shift baseline: the score that reference data itself gets at a given window size.
 
 A score of a finite window is never zero, even without any shift: the window's moments are
-estimates, and the level falls roughly as ``1/sqrt(n)`` (research notes section 4). Spatial
+estimates, whose standard errors fall as ``1/sqrt(n)`` for ``n`` independent samples. Spatial
 correlation makes the effective count far smaller than ``n * H * W``, so the level is
 bootstrapped over *samples*, not derived analytically.
 

@@ -15,22 +15,38 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from service.drift.monitor import DriftMonitor
+from service.drift.report import LayerDrift
+
+
+def _baseline_drift(layer: LayerDrift) -> float | None:
+    baseline = layer["baseline"]
+    return None if baseline is None else baseline.get("drift")
+
 
 _LABELS = ["model", "version", "layer"]
-_GAUGES = (  # (metric name, help, how to read it from a layer entry of the snapshot)
-    ("bnserve_bn_drift", "BN input drift: RMS over channels of W2 / stored std", ("drift",)),
-    ("bnserve_bn_drift_mean_shift", "RMS standardized mean shift of BN inputs", ("mean_shift",)),
-    ("bnserve_bn_drift_log_var_ratio", "RMS log variance ratio of BN inputs", ("log_var_ratio",)),
+_GAUGES: tuple[tuple[str, str, Callable[[LayerDrift], float | None]], ...] = (
+    # (metric name, help, the value in a layer's entry of the snapshot)
+    (
+        "bnserve_bn_drift",
+        "BN input drift: RMS over channels of W2 / stored std",
+        lambda layer: layer["drift"],
+    ),
+    (
+        "bnserve_bn_drift_mean_shift",
+        "RMS standardized mean shift of BN inputs",
+        lambda layer: layer["mean_shift"],
+    ),
+    (
+        "bnserve_bn_drift_log_var_ratio",
+        "RMS log variance ratio of BN inputs",
+        lambda layer: layer["log_var_ratio"],
+    ),
     (
         "bnserve_bn_drift_window_samples",
         "Decayed sample count of the drift window",
-        ("window_samples",),
+        lambda layer: layer["window_samples"],
     ),
-    (
-        "bnserve_bn_drift_baseline",
-        "No-shift drift level at this window size",
-        ("baseline", "drift"),
-    ),
+    ("bnserve_bn_drift_baseline", "No-shift drift level at this window size", _baseline_drift),
 )
 _ERRORS = ("bnserve_drift_errors", "Failed drift taps of the serving version (tapping backs off)")
 
@@ -48,12 +64,10 @@ class DriftCollector(Collector):
             errors.add_metric([model], monitor.errors)
             for layer in monitor.snapshot(per_channel=False)["layers"]:
                 labels = [model, str(version), layer["name"]]
-                for family, (_, _, path) in zip(families, _GAUGES, strict=True):
-                    value = layer
-                    for key in path:
-                        value = None if value is None else value[key]
+                for family, (_, _, read) in zip(families, _GAUGES, strict=True):
+                    value = read(layer)
                     if value is not None:
-                        family.add_metric(labels, float(value))
+                        family.add_metric(labels, value)
         yield from families
         yield errors
 

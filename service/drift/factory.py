@@ -6,22 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backends.base import Arrays, NormLayer
-from service.backends.taps import TappedForward
+from service.backends.base import Arrays, NormLayer, TappedForward
+from service.backends.families import family
 from service.config import ModelConfig
 from service.drift.monitor import DriftMonitor
 
 
 def open_taps(config: ModelConfig, version_dir: Path, threads: int = 0) -> TappedForward:
     """A fresh eval-mode tapped forward of the version's model file (never the serving copy)."""
-    path = version_dir / config.model_file
-    if config.backend == "onnx":
-        from service.backends.onnx_taps import onnx_taps
-
-        return onnx_taps(path, threads)
-    from service.backends.torch_taps import torch_taps
-
-    return torch_taps(path, input_names=[spec.name for spec in config.inputs])
+    path, names = version_dir / config.model_file, [spec.name for spec in config.inputs]
+    return family(config.backend).taps(path, names, threads)
 
 
 def load_reference(config: ModelConfig, version_dir: Path) -> tuple[Arrays | None, str]:

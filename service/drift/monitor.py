@@ -1,13 +1,9 @@
 """Drift monitoring of one served model version: sampled taps off the request path.
 
 ``observe`` runs on the event loop after every served batch. It only counts and decides, in
-O(1): a batch is tapped when no tap of this monitor is pending or running and the budget
-allows it, ``tap_seconds + estimate <= max_overhead * serve_seconds``, where ``serve_seconds``
-is the serving compute passed to ``observe`` and ``estimate`` is the batch size times the last
-measured tap time per sample (before any tap, the batch's own serving time: a tapped forward
-costs at least a forward). Model loads and the baseline are one-off costs, kept out of the
-budget. With ``max_overhead >= 1`` every batch is tapped, in order (an unbounded queue: for
-tests and reference comparisons, not for production traffic).
+O(1): a batch is tapped when no tap of this monitor is pending or running and the tap budget
+(``budget.TapBudget``) allows it. With ``max_overhead >= 1`` every batch is tapped, in order
+(an unbounded queue: for tests and reference comparisons, not for production traffic).
 
 Taps run on ``executor`` (a drift thread shared by models): the tapped forward (created
 lazily there by ``taps_factory``, as it loads a model), per-sample moments pooled per layer,
@@ -29,22 +25,18 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from service.backends.base import Arrays, NormLayer
-from service.backends.taps import SampleMoments, TappedForward
+from service.backends.base import Arrays, NormLayer, TappedForward
+from service.backends.taps import SampleMoments
 from service.drift.baseline import LayerBaseline, compute_baseline, reference_size
+from service.drift.budget import TapBudget
 from service.drift.failures import TapFailures
-from service.drift.report import layer_report
+from service.drift.report import DriftSnapshot, layer_report
 from service.drift.window import LayerWindow
 
 log = logging.getLogger(__name__)
-
-
-_IDLE_GAP = 0.05
-"""Seconds between batches beyond which the server counts as idle (no budget earned)."""
 
 
 class _Stopped(Exception):
@@ -97,9 +89,7 @@ class DriftMonitor:
         self._baseline_label: str | None = None
         self._deferred_baseline: tuple[Arrays, int] | None = None  # the forward failed to load
         self._batches_seen = self._batches_tapped = self._samples_seen = self._samples_tapped = 0
-        self._serve_seconds = self._tap_seconds = 0.0
-        self._last_observed: float | None = None
-        self._tap_per_sample: float | None = None
+        self._budget = TapBudget(self.max_overhead)
         self._failures = TapFailures()
         count = 0 if reference is None else reference_size(reference)
         if reference is not None and count > 0 and self.layers:
@@ -114,7 +104,7 @@ class DriftMonitor:
                 now = self._clock()
                 self._batches_seen += 1
                 self._samples_seen += batch_size
-                self._serve_seconds += self._active_seconds(now, compute_seconds)
+                self._budget.served(now, compute_seconds)
                 if not self._should_tap(now, batch_size, compute_seconds):
                     return
                 self._queue.append(_Batch(self._generation, inputs, batch_size))
@@ -126,27 +116,14 @@ class DriftMonitor:
         except Exception as exc:
             self._error("observe", exc)
 
-    def _active_seconds(self, now: float, compute_seconds: float) -> float:
-        """Serving time this batch stands for: its compute, or the wall time since the last
-        batch while traffic flows (gaps over ``_IDLE_GAP`` are idle), whichever is larger.
-        Under load the wall time is what throughput is measured against; for a tiny model
-        whose compute is a sliver of each request, compute alone would starve the taps."""
-        last, self._last_observed = self._last_observed, now
-        gap = 0.0 if last is None else now - last
-        return max(compute_seconds, gap if gap <= _IDLE_GAP else 0.0)
-
     def _should_tap(self, now: float, batch_size: int, compute_seconds: float) -> bool:
         if self._closed or self._failures.paused(now):
             return False
-        if self.max_overhead >= 1.0:
+        if self._budget.unlimited:
             return True
         if self._draining:
             return False
-        per_sample = self._tap_per_sample
-        if per_sample is None:
-            per_sample = compute_seconds / max(batch_size, 1)
-        estimate = per_sample * batch_size
-        return self._tap_seconds + estimate <= self.max_overhead * self._serve_seconds
+        return self._budget.allows(batch_size, compute_seconds)
 
     def _submit_drain(self) -> None:
         try:
@@ -191,8 +168,7 @@ class DriftMonitor:
             finally:
                 elapsed = self._clock() - start
                 with self._lock:
-                    self._tap_seconds += elapsed
-                    self._tap_per_sample = elapsed / max(batch.size, 1)
+                    self._budget.tapped(elapsed, batch.size)
         for name, moments in pooled.items():
             if moments.channels != self._windows[name].moments.channels:
                 raise ValueError(f"layer {name}: tapped {moments.channels} channels")
@@ -271,12 +247,13 @@ class DriftMonitor:
             message = "drift %s failed (%d errors so far); tapping paused for %g s"
             log.error(message, where, count, delay, exc_info=error)
 
-    def snapshot(self, per_channel: bool = True) -> dict[str, Any]:
-        """The drift JSON body (design doc), without ``name``/``version``; NaN-free."""
+    def snapshot(self, per_channel: bool = True) -> DriftSnapshot:
+        """Counters and per-layer scores now; per-channel detail unless ``per_channel`` is
+        False. The windows are copied under the lock and scored outside it."""
         with self._lock:
             windows = dict(self._windows)
             baseline = self._baseline
-            head: dict[str, Any] = {
+            snapshot: DriftSnapshot = {
                 "half_life": self.half_life,
                 "max_overhead": self.max_overhead,
                 "batches_seen": self._batches_seen,
@@ -287,17 +264,14 @@ class DriftMonitor:
                 "errors": self._failures.count,
                 "last_error": self._failures.last_error,
                 "last_error_at": self._failures.last_error_at,
+                "layers": [],
             }
-        head["layers"] = [
-            layer_report(
-                layer,
-                windows[layer.name],
-                None if baseline is None else baseline.get(layer.name),
-                per_channel,
-            )
+        baselines = baseline or {}
+        snapshot["layers"] = [
+            layer_report(layer, windows[layer.name], baselines.get(layer.name), per_channel)
             for layer in self.layers
         ]
-        return head
+        return snapshot
 
     def reset(self) -> None:
         """Restart every window (admin drift reset); queued and running taps are dropped."""
@@ -325,12 +299,12 @@ class DriftMonitor:
     @property
     def serve_seconds_total(self) -> float:
         with self._lock:
-            return self._serve_seconds
+            return self._budget.serve_seconds
 
     @property
     def tap_seconds_total(self) -> float:
         with self._lock:
-            return self._tap_seconds
+            return self._budget.tap_seconds
 
     @property
     def errors(self) -> int:

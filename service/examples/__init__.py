@@ -13,13 +13,13 @@ from service.examples.data import (
     load_wine_split,
 )
 from service.examples.export import load_module
-from service.examples.nets import FAMILIES, DigitsCNN, DigitsLN, WineMLP, batchnorm_modules
+from service.examples.nets import ARCHITECTURES, DigitsCNN, DigitsLN, WineMLP, batchnorm_modules
 from service.examples.shift import recalibrate_bn, shift_table
 
 __all__ = [
+    "ARCHITECTURES",
     "CORRUPTIONS",
     "EXAMPLES",
-    "FAMILIES",
     "SEVERITIES",
     "DigitsCNN",
     "DigitsLN",

@@ -1,8 +1,9 @@
 """Train the bundled examples and write them into a model repository (``bnserve build-examples``).
 
-For every family two models are written, one per backend: ``<family>`` (``model.onnx``) and
-``<family>_torch`` (``model.pt2``), each as version 1 with ``reference.npy`` (the training
-inputs, at most 2,048 samples: the no-shift data for drift baselines) and ``active``.
+For every architecture two models are written, one per backend: ``<architecture>``
+(``model.onnx``) and ``<architecture>_torch`` (``model.pt2``), each as version 1 with
+``reference.npy`` (the training inputs, at most 2,048 samples: the no-shift data for drift
+baselines) and ``active``.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.backends.families import family
 from service.config import ModelConfig, load_model_config
 from service.examples.data import Float32Array, Split, load_digits_split, load_wine_split
 from service.examples.export import (
@@ -36,7 +38,7 @@ _THREADS = 1  # one thread: fast enough here, and float reductions are then repr
 
 @dataclass(frozen=True)
 class Example:
-    family: str
+    architecture: str
     load: Callable[[], Split]
     classes: int
     spec: TrainSpec
@@ -48,8 +50,12 @@ EXAMPLES: tuple[Example, ...] = (
     Example("wine", load_wine_split, 3, TrainSpec(epochs=200, batch_size=32)),
     Example("digits_ln", load_digits_split, 10, TrainSpec(epochs=30)),
 )
-BACKENDS: dict[str, str] = {"onnx": "", "torch": "_torch"}
-"""Backend -> suffix of the model name."""
+Writer = Callable[[nn.Module, Float32Array, Path], None]
+BACKENDS: dict[str, tuple[str, Writer]] = {
+    "onnx": ("", export_onnx),
+    "torch": ("_torch", export_torch),
+}
+"""``backend`` (a runtime family) -> the suffix of the model name and its model file writer."""
 
 
 def config_toml(backend: str, input_shape: tuple[int, ...], classes: int) -> str:
@@ -89,7 +95,7 @@ def write_model(
     config_path.write_text(config_toml(backend, reference.shape[1:], classes), encoding="utf-8")
     config = load_model_config(config_path)
     example = reference[:_EXPORT_EXAMPLE]
-    writer = export_onnx if backend == "onnx" else export_torch
+    _, writer = BACKENDS[backend]
     writer(module, example, version / config.model_file)
     np.save(version / "reference.npy", reference, allow_pickle=False)
     (staging / "active").write_text("1\n", encoding="ascii")
@@ -110,13 +116,13 @@ def _threads(count: int) -> Iterator[None]:
 
 
 def build_example(out: Path, example: Example, log: Callable[[str], None] = print) -> nn.Module:
-    """Train one family and write its two models; returns the trained module (eval mode)."""
+    """Train one architecture and write its two models; returns the trained module (eval mode)."""
     x_train, y_train, x_test, y_test = example.load()
-    module = train(example.family, x_train, y_train, example.spec, example.seed)
+    module = train(example.architecture, x_train, y_train, example.spec, example.seed)
     reference = np.ascontiguousarray(x_train[:REFERENCE_SAMPLES])
-    for backend, suffix in BACKENDS.items():
-        write_model(out, example.family + suffix, backend, module, reference, example.classes)
-    log(f"{example.family}: test accuracy {accuracy(predict(module, x_test), y_test):.4f}")
+    for backend, (suffix, _) in BACKENDS.items():
+        write_model(out, example.architecture + suffix, backend, module, reference, example.classes)
+    log(f"{example.architecture}: test accuracy {accuracy(predict(module, x_test), y_test):.4f}")
     return module
 
 
@@ -129,7 +135,7 @@ def build_examples(out: Path) -> None:
 
 
 def _print_shift_report(out: Path) -> None:
-    model_file = out / "digits_torch" / "1" / "model.pt2"
+    model_file = out / "digits_torch" / "1" / family("torch").model_file
     module = load_module("digits", model_file)
     _, _, x_test, y_test = load_digits_split()
     print(f"{model_file} on the corrupted test split: accuracy before -> after update_bn")

@@ -1,7 +1,7 @@
 """The example data sets (bundled with scikit-learn, no download) and image corruptions.
 
 Splits are fixed: stratified 60/40 with ``random_state=0``. Corruptions imitate the
-ImageNet-C families (Hendrycks & Dietterich 2019) at the scale of 8x8 digits, so the
+ImageNet-C corruptions (Hendrycks & Dietterich 2019) at the scale of 8x8 digits, so the
 data-shift demo can show an accuracy loss and its recovery by BatchNorm recalibration.
 """
 

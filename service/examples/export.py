@@ -14,9 +14,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from service.backends.torch_backend import SERIALIZATION_LOCK, load_program
+from service.backends.torch.program import SERIALIZATION_LOCK, load_program
 from service.examples.data import Float32Array
-from service.examples.nets import FAMILIES, batchnorm_modules
+from service.examples.nets import ARCHITECTURES, batchnorm_modules
 from service.examples.train import predict
 
 INPUT_NAME = "input"
@@ -99,10 +99,11 @@ def export_torch(module: nn.Module, example: Float32Array, path: Path) -> None:
     _check_close(path, served, predict(module, example))
 
 
-def load_module(family: str, path: Path) -> nn.Module:
-    """A ``FAMILIES[family]`` module in eval mode with the weights of the ``model.pt2`` at
-    ``path`` (an exported program's ``state_dict`` holds parameters and buffers by module path)."""
-    module = FAMILIES[family]()
+def load_module(architecture: str, path: Path) -> nn.Module:
+    """An ``ARCHITECTURES[architecture]`` module in eval mode with the weights of the
+    ``model.pt2`` at ``path`` (an exported program's ``state_dict`` holds parameters and buffers
+    by module path)."""
+    module = ARCHITECTURES[architecture]()
     module.load_state_dict(load_program(path).state_dict)
     return module.eval()
 

@@ -2,7 +2,7 @@
 
 Attribute names make the module paths readable, because a layer's name in the service is its
 module path (``bn1``, ``bn2``, ``fc_bn``). Constructors draw their initial weights from torch's
-global generator; the build seeds it, so a family and a seed determine the weights.
+global generator; the build seeds it, so an architecture and a seed determine the weights.
 """
 
 import torch
@@ -82,12 +82,13 @@ class WineMLP(nn.Module):
         return self.head(x)  # type: ignore[no-any-return]
 
 
-FAMILIES: dict[str, type[nn.Module]] = {
+ARCHITECTURES: dict[str, type[nn.Module]] = {
     "digits": DigitsCNN,
     "wine": WineMLP,
     "digits_ln": DigitsLN,
 }
-"""Family name -> module class; a family's models are ``<family>`` (onnx) and ``<family>_torch``."""
+"""Architecture name -> module class; an architecture's models are ``<architecture>`` (onnx)
+and ``<architecture>_torch``."""
 
 
 def batchnorm_modules(module: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:

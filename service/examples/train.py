@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from service.examples.data import Float32Array, Int64Array
-from service.examples.nets import FAMILIES
+from service.examples.nets import ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,10 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[to
         yield order[start : start + batch_size]
 
 
-def train(family: str, x: Float32Array, y: Int64Array, spec: TrainSpec, seed: int = 0) -> nn.Module:
-    """A freshly initialised ``FAMILIES[family]`` trained with Adam, returned in eval mode.
+def train(
+    architecture: str, x: Float32Array, y: Int64Array, spec: TrainSpec, seed: int = 0
+) -> nn.Module:
+    """A freshly initialised ``ARCHITECTURES[architecture]`` trained with Adam, in eval mode.
 
     Deterministic for a given seed on CPU: initialisation, shuffling and dropout draw from
     generators seeded here, and the caller fixes the thread count. The global torch RNG state
@@ -37,7 +39,7 @@ def train(family: str, x: Float32Array, y: Int64Array, spec: TrainSpec, seed: in
     inputs, labels = torch.from_numpy(x), torch.from_numpy(y)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = FAMILIES[family]()
+        module = ARCHITECTURES[architecture]()
         generator = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(
             module.parameters(), lr=spec.lr, weight_decay=spec.weight_decay

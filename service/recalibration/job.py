@@ -7,28 +7,23 @@ reservoir), whatever the stream length. A job that raised is spent: discard it.
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from service.backends.base import Arrays, NormLayer
-from service.config import ModelConfig
+from service.backends.base import Arrays, BatchStatsForward, NormLayer
+from service.config import ModelConfig, RecalibrationConfig
 from service.datatypes import to_numpy
 from service.errors import InvalidInput
-from service.recalibration.params import RecalibrationParams
+from service.recalibration.params import ema_momentum
 from service.stats.drift import DriftScore, drift_score
 from service.stats.ghost import GhostBatcher, GhostBatchReport
-from service.stats.moments import Moments
-from service.stats.recalibrate import Recalibration, Stats
+from service.stats.moments import LayerStatistics
+from service.stats.recalibrate import Recalibration
 from service.stats.reservoir import Reservoir
 from service.streams import make_parser
 
 REFERENCE_SAMPLES = 2048
 REFERENCE_BYTES = 16 * 1024 * 1024
-
-
-class BatchStatsForward(Protocol):
-    def batch_moments(self, inputs: Arrays) -> dict[str, Moments]: ...
 
 
 @dataclass(frozen=True)
@@ -50,7 +45,7 @@ class JobResult:
     reference: Arrays
 
     @property
-    def statistics(self) -> dict[str, Stats]:
+    def statistics(self) -> dict[str, LayerStatistics]:
         return {r.layer.name: (r.mean, r.var) for r in self.layers}
 
 
@@ -60,7 +55,7 @@ class RecalibrationJob:
         config: ModelConfig,
         layers: tuple[NormLayer, ...],
         forward: BatchStatsForward,
-        params: RecalibrationParams,
+        settings: RecalibrationConfig,
         content_type: str,
         max_samples: int | None = None,
         max_bytes: int | None = None,
@@ -69,7 +64,7 @@ class RecalibrationJob:
         self._forward = forward
         self._parser = make_parser(content_type, config.inputs, max_samples, max_bytes)
         self._batchers = {
-            spec.name: GhostBatcher(params.batch_size, spec.shape, to_numpy(spec.datatype))
+            spec.name: GhostBatcher(settings.batch_size, spec.shape, to_numpy(spec.datatype))
             for spec in config.inputs
         }
         sample_bytes = sum(
@@ -86,7 +81,7 @@ class RecalibrationJob:
             if layer.running_mean is not None and layer.running_var is not None
         }
         self._recalibration = Recalibration(
-            sources, params.mode, momentum=params.momentum, prior=params.prior
+            sources, settings.mode, momentum=ema_momentum(settings), prior=settings.prior
         )
         self._started = time.perf_counter()
 

@@ -1,67 +1,82 @@
-"""The parameters of one recalibration, defaulted from ``config.toml`` and validated."""
+"""The parameters of one recalibration: defined once, read from the query string, defaulted from
+``config.toml`` and recorded in the report."""
 
+import dataclasses
 import fnmatch
 import math
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
 
 from service.backends.base import NormLayer
-from service.config import RecalibrationConfig
+from service.config import GhostBatchSize, Momentum, Prior, RecalibrationConfig
 from service.errors import InvalidInput
-from service.stats.recalibrate import MODES, Mode
+from service.stats.recalibrate import MODES, RecalibrationMode
 
 
 @dataclass(frozen=True)
 class RecalibrationParams:
-    mode: Mode
-    batch_size: int
-    prior: float
-    momentum: float | None
-    layers: str | None
+    """The query parameters of the recalibrate routes: FastAPI reads them into this class (a
+    class dependency), checks each against its type and range, and describes each in the
+    OpenAPI document. ``mode``, ``batch_size``, ``prior`` and ``momentum`` are the keys of the
+    model's ``config.toml`` ``[recalibration]`` section; unset (None), they take its values
+    (``settings``). The report records the parameters in effect (``applied``).
+
+    ``mode`` is a plain string so that an unknown one gets this service's own message.
+    """
+
+    mode: Annotated[str | None, Field(description="cumulative, population or ema")] = None
+    batch_size: GhostBatchSize | None = None
+    prior: Prior | None = None
+    momentum: Momentum | None = None
+    layers: Annotated[str | None, Field(description="comma-separated name globs")] = None
     """Comma-separated glob patterns (``bn1,layer2.*``) of the layers to recalibrate."""
-    dry_run: bool
-    activate: bool
+    dry_run: bool = False
+    activate: bool = True
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "mode": self.mode,
-            "batch_size": self.batch_size,
-            "prior": self.prior,
-            "momentum": self.momentum,
-            "layers": self.layers,
-            "dry_run": self.dry_run,
-            "activate": self.activate,
-        }
+    def settings(self, defaults: RecalibrationConfig) -> RecalibrationConfig:
+        """The ``[recalibration]`` settings of this run: ``defaults`` overridden by the
+        parameters given. ``InvalidInput`` for a combination that does not apply."""
+        mode = _mode(self.mode or defaults.mode)
+        prior = self.prior
+        if prior is None:  # mode ema starts from the stored statistics: they are its prior
+            prior = 0.0 if mode == "ema" else defaults.prior
+        if not math.isfinite(prior):
+            raise InvalidInput(f"prior {prior} must be a finite number >= 0")
+        if mode == "ema" and prior > 0:
+            raise InvalidInput("prior does not apply to mode 'ema', which starts from the source")
+        if mode != "ema" and self.momentum is not None:
+            raise InvalidInput(f"momentum applies only to mode 'ema', not {mode!r}")
+        return RecalibrationConfig(
+            mode=mode,
+            batch_size=defaults.batch_size if self.batch_size is None else self.batch_size,
+            prior=prior,
+            momentum=defaults.momentum if self.momentum is None else self.momentum,
+        )
+
+    def applied(self, settings: RecalibrationConfig) -> "RecalibrationParams":
+        """These parameters as run with ``settings``, as the report records them."""
+        return dataclasses.replace(
+            self,
+            mode=settings.mode,
+            batch_size=settings.batch_size,
+            prior=settings.prior,
+            momentum=ema_momentum(settings),
+            layers=self.layers or None,
+        )
 
 
-def make_params(
-    defaults: RecalibrationConfig,
-    *,
-    mode: str | None = None,
-    batch_size: int | None = None,
-    prior: float | None = None,
-    momentum: float | None = None,
-    layers: str | None = None,
-    dry_run: bool = False,
-    activate: bool = True,
-) -> RecalibrationParams:
-    """Fill unset parameters from the model's ``[recalibration]`` section and check them all."""
-    chosen = mode or defaults.mode
-    if chosen not in MODES:
-        raise InvalidInput(f"mode {chosen!r} is not one of {', '.join(MODES)}")
-    size = defaults.batch_size if batch_size is None else batch_size
-    if not 2 <= size <= 65_536:
-        raise InvalidInput(f"batch_size {size} is out of range [2, 65536]")
-    strength = (defaults.prior if chosen != "ema" else 0.0) if prior is None else prior
-    if not (math.isfinite(strength) and strength >= 0):
-        raise InvalidInput(f"prior {strength} must be a finite number >= 0")
-    if chosen == "ema" and strength > 0:
-        raise InvalidInput("prior does not apply to mode 'ema', which starts from the source")
-    if chosen != "ema" and momentum is not None:
-        raise InvalidInput(f"momentum applies only to mode 'ema', not {chosen!r}")
-    rate = (defaults.momentum if momentum is None else momentum) if chosen == "ema" else None
-    if rate is not None and not (math.isfinite(rate) and 0.0 < rate <= 1.0):
-        raise InvalidInput(f"momentum {rate} is out of range (0, 1]")
-    return RecalibrationParams(chosen, size, strength, rate, layers or None, dry_run, activate)
+def ema_momentum(settings: RecalibrationConfig) -> float | None:
+    """``settings.momentum`` where it applies (mode ema), else None."""
+    return settings.momentum if settings.mode == "ema" else None
+
+
+def _mode(name: str) -> RecalibrationMode:
+    for mode in MODES:
+        if name == mode:
+            return mode
+    raise InvalidInput(f"mode {name!r} is not one of {', '.join(MODES)}")
 
 
 def select_layers(layers: tuple[NormLayer, ...], patterns: str | None) -> tuple[NormLayer, ...]:

@@ -15,26 +15,33 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import orjson
 
-from service.backends.calibration import BatchStatsForward
+from service.backends.base import BatchStatsForward
+from service.backends.families import family
+from service.config import RecalibrationConfig
 from service.errors import BodyTimeout, Conflict, ServiceError, ShuttingDown
 from service.metrics import ServiceMetrics
-from service.recalibration.backend import open_forward, write_statistics
 from service.recalibration.job import JobResult, RecalibrationJob
 from service.recalibration.params import RecalibrationParams, select_layers
-from service.recalibration.report import build_report
+from service.recalibration.report import RecalibrationOutcome, RecalibrationReport, build_report
 from service.registry import LoadedModel, ModelRegistry
 from service.repository import ModelRepository
 
 
 def _write_version_files(
-    dest: Path, model: LoadedModel, source_dir: Path, result: JobResult, report: dict[str, Any]
+    dest: Path,
+    model: LoadedModel,
+    source_dir: Path,
+    result: JobResult,
+    report: RecalibrationReport,
 ) -> None:
-    write_statistics(model.config, source_dir, dest, result.statistics)
+    config = model.config
+    family(config.backend).write_statistics(
+        source_dir / config.model_file, dest / config.model_file, result.statistics
+    )
     report_bytes = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     (dest / "recalibration.json").write_bytes(report_bytes)
     if len(result.reference) == 1:
@@ -88,8 +95,10 @@ class Recalibrator:
         params: RecalibrationParams,
         content_type: str,
         chunks: AsyncIterator[bytes],
-    ) -> dict[str, Any]:
-        """Recalibrate the loaded model version ``model`` on the streamed body."""
+    ) -> RecalibrationOutcome:
+        """Recalibrate the loaded model version ``model`` on the streamed body. Parameters that
+        do not apply are refused (``InvalidInput``) before anything else is checked."""
+        settings = params.settings(model.config.recalibration)
         name = model.name
         self._check_stopping()
         if name in self._running:
@@ -98,9 +107,11 @@ class Recalibrator:
         started = time.perf_counter()
         outcome = "aborted"  # the client went away, or the server is shutting down
         try:
-            report = await self._run(model, params, content_type, chunks)
+            result = await self._run(
+                model, params.applied(settings), settings, content_type, chunks
+            )
             outcome = "dry_run" if params.dry_run else "written"
-            return report
+            return result
         except ShuttingDown:
             raise
         except ServiceError:
@@ -119,7 +130,9 @@ class Recalibrator:
         if cached is not None and cached[:2] == (model.version, layers):
             return cached[2]
         source_dir = self._repository.version_dir(model.name, model.version)
-        forward = open_forward(model.config, source_dir, layers, self._threads)
+        config = model.config
+        path, names = source_dir / config.model_file, [spec.name for spec in config.inputs]
+        forward = family(config.backend).batch_stats(path, layers, names, self._threads)
         self._forwards[model.name] = (model.version, layers, forward)
         return forward
 
@@ -168,16 +181,24 @@ class Recalibrator:
         self,
         model: LoadedModel,
         params: RecalibrationParams,
+        settings: RecalibrationConfig,
         content_type: str,
         chunks: AsyncIterator[bytes],
-    ) -> dict[str, Any]:
+    ) -> RecalibrationOutcome:
+        """``params`` as applied: with the ``settings`` in effect."""
         loop = asyncio.get_running_loop()
         layers = select_layers(model.backend.layers, params.layers)
         source_dir = self._repository.version_dir(model.name, model.version)
         names = tuple(layer.name for layer in layers)
         forward = await loop.run_in_executor(self._executor, self._forward, model, names)
         job = RecalibrationJob(
-            model.config, layers, forward, params, content_type, self._max_samples, self._max_bytes
+            model.config,
+            layers,
+            forward,
+            settings,
+            content_type,
+            self._max_samples,
+            self._max_bytes,
         )
         async for chunk in self._until_stopped(chunks):
             if chunk:
@@ -188,7 +209,7 @@ class Recalibrator:
             self._metrics.recalibration_samples.labels(model.name).inc(result.samples)
         report = build_report(model.name, model.version, params, content_type, result)
         if params.dry_run:
-            return {**report, "version": None, "activated": False}
+            return RecalibrationOutcome.of(report, None, activated=False)
         write = functools.partial(
             _write_version_files, model=model, source_dir=source_dir, result=result, report=report
         )
@@ -197,4 +218,4 @@ class Recalibrator:
         )
         if params.activate:
             await self._registry.activate(model.name, new_version)
-        return {**report, "version": str(new_version), "activated": params.activate}
+        return RecalibrationOutcome.of(report, new_version, activated=params.activate)

@@ -4,16 +4,15 @@ Pure numpy; no model code and no HTTP.
 """
 
 from service.stats.ghost import GhostBatcher, GhostBatchReport
-from service.stats.moments import Moments, Vector
+from service.stats.moments import LayerStatistics, Moments, Vector
 from service.stats.recalibrate import (
     MODES,
     CumulativeEstimator,
     EmaEstimator,
     LayerEstimator,
-    Mode,
     PopulationEstimator,
     Recalibration,
-    Stats,
+    RecalibrationMode,
     apply_prior,
     make_estimator,
 )
@@ -25,11 +24,11 @@ __all__ = [
     "GhostBatchReport",
     "GhostBatcher",
     "LayerEstimator",
-    "Mode",
+    "LayerStatistics",
     "Moments",
     "PopulationEstimator",
     "Recalibration",
-    "Stats",
+    "RecalibrationMode",
     "Vector",
     "apply_prior",
     "make_estimator",

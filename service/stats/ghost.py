@@ -2,7 +2,9 @@
 
 Train-mode batch statistics depend on which samples share a batch, so the server, not the
 client, decides the batches: the same samples in the same order always give the same batches,
-hence bit-identical statistics (research notes section 2).
+hence bit-identical statistics. The name is from ghost batch normalization (Hoffer, Hubara &
+Soudry, "Train longer, generalize better", NeurIPS 2017), which computes statistics over
+fixed-size slices of a larger batch.
 """
 
 from __future__ import annotations

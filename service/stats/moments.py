@@ -6,8 +6,10 @@ merge exactly (Chan, Golub & LeVeque 1979)::
     n = nA + nB;  d = mB - mA;  mean = mA + d * nB / n;  M2 = M2A + M2B + d**2 * nA * nB / n
 
 so any partition of the data, merged in any grouping, gives the moments of the whole up to
-float64 rounding, in O(channels) memory. A sum of squares is never accumulated: with
-mean/std = 1e4 a float32 E[x^2] - E[x]^2 loses every digit (research notes section 2).
+float64 rounding, in O(channels) memory. A sum of squares is never accumulated: the relative
+error of E[x^2] - E[x]^2 grows as (mean/std)**2 times the unit roundoff (Chan, Golub &
+LeVeque, "Algorithms for computing the sample variance", The American Statistician 1983), so
+with mean/std = 1e4 a float32 one (roundoff 6e-8) loses every digit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import numpy as np
 import numpy.typing as npt
 
 Vector = npt.NDArray[np.float64]
+LayerStatistics = tuple[Vector, Vector]
+"""One normalization layer's ``(running_mean, running_var)``, ``running_var`` being the
+unbiased variance (torch's convention, which bnserve also writes into ONNX ``input_var``)."""
 
 
 def _frozen(values: npt.ArrayLike) -> Vector:

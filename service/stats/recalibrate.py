@@ -15,11 +15,10 @@ from typing import Literal, Protocol, get_args
 import numpy as np
 
 from service.errors import InvalidInput
-from service.stats.moments import Moments, Vector
+from service.stats.moments import LayerStatistics, Moments, Vector
 
-Mode = Literal["cumulative", "population", "ema"]
-MODES: tuple[Mode, ...] = get_args(Mode)
-Stats = tuple[Vector, Vector]
+RecalibrationMode = Literal["cumulative", "population", "ema"]
+MODES: tuple[RecalibrationMode, ...] = get_args(RecalibrationMode)
 DEFAULT_MOMENTUM = 0.1  # torch's BatchNorm default
 
 
@@ -28,7 +27,7 @@ class LayerEstimator(Protocol):
         """Account for one batch of the layer's input."""
         ...
 
-    def result(self) -> Stats:
+    def result(self) -> LayerStatistics:
         """``(mean, unbiased var)`` after the batches so far, float64 copies."""
         ...
 
@@ -63,7 +62,7 @@ class CumulativeEstimator:
         self._sum_var += var
         self._batches += 1
 
-    def result(self) -> Stats:
+    def result(self) -> LayerStatistics:
         if self._batches == 0:
             raise InvalidInput("no batches to estimate statistics from")
         return self._sum_mean / self._batches, self._sum_var / self._batches
@@ -85,7 +84,7 @@ class PopulationEstimator:
     def update(self, batch: Moments) -> None:
         self._moments = self._moments.merge(batch)
 
-    def result(self) -> Stats:
+    def result(self) -> LayerStatistics:
         if self._moments.n <= 1.0:
             raise InvalidInput("at least 2 values per channel are needed for a variance")
         return self._moments.mean.copy(), self._moments.var_unbiased
@@ -111,7 +110,7 @@ class EmaEstimator:
         self._mean = (1.0 - m) * self._mean + m * batch.mean
         self._var = (1.0 - m) * self._var + m * var
 
-    def result(self) -> Stats:
+    def result(self) -> LayerStatistics:
         return self._mean.copy(), self._var.copy()
 
 
@@ -134,7 +133,9 @@ def make_estimator(
     return EmaEstimator(source_mean, source_var, m)
 
 
-def apply_prior(source: Stats, target: Stats, prior: float, samples: int) -> Stats:
+def apply_prior(
+    source: LayerStatistics, target: LayerStatistics, prior: float, samples: int
+) -> LayerStatistics:
     """Mix source and target statistics by sample count (Schneider et al. 2020)::
 
         stat = N / (N + n) * source + n / (N + n) * target
@@ -163,7 +164,7 @@ class Recalibration:
 
     def __init__(
         self,
-        sources: Mapping[str, Stats],
+        sources: Mapping[str, LayerStatistics],
         mode: str = "cumulative",
         *,
         momentum: float | None = None,
@@ -209,11 +210,11 @@ class Recalibration:
         self.samples += samples
         self.batches += 1
 
-    def result(self) -> dict[str, Stats]:
+    def result(self) -> dict[str, LayerStatistics]:
         """New ``(running_mean, running_var)`` per layer (float64), the prior applied."""
         if self.batches == 0:
             raise InvalidInput("the stream contained no samples")
-        results: dict[str, Stats] = {}
+        results: dict[str, LayerStatistics] = {}
         for name, estimator in self._estimators.items():
             try:
                 target = estimator.result()

@@ -1,6 +1,6 @@
 """``bnserve inspect PATH``: the normalization layers stored in a model file, as text.
 
-Needs no ``config.toml``: the layers are read from the file alone, as the backends read them.
+Needs no ``config.toml``: the layers are read from the file alone, as serving reads them.
 """
 
 import textwrap
@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.backends.base import NormLayer
-from service.errors import ConfigError
+from service.backends.families import family_for_file
 
 _HEADER = (
     "name",
@@ -24,27 +24,10 @@ _HEADER = (
 
 
 def inspect_file(path: Path) -> tuple[str, tuple[NormLayer, ...]]:
-    """The platform (``onnxruntime_onnx`` or ``pytorch_export``) and the layers of a
-    ``.onnx`` or ``.pt2`` file; ``ConfigError`` naming the file if it cannot be read."""
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        from service.backends import onnx_backend
-
-        try:
-            return onnx_backend.PLATFORM, onnx_backend.onnx_layers(onnx_backend.load_model(path))
-        except ValueError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-    if suffix == ".pt2":
-        # Imported here so that inspecting an ONNX file does not pay for importing torch.
-        from service.backends import torch_backend
-
-        try:
-            return torch_backend.PLATFORM, torch_backend.torch_layers(
-                torch_backend.load_program(path)
-            )
-        except ValueError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-    raise ConfigError(f"{path}: unknown model format; expected a .onnx or .pt2 file")
+    """The platform (``onnxruntime_onnx``, ``pytorch_export``) and the layers of a model file,
+    its family told by its suffix; ``ConfigError`` naming the file if it cannot be read."""
+    found = family_for_file(path)
+    return found.platform, found.read_layers(path)
 
 
 def format_layers(layers: Sequence[NormLayer], full: bool = False) -> str:

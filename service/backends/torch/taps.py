@@ -7,7 +7,7 @@ in eval mode) first passes through an ``_InputMoments`` submodule, which reduces
 sample and channel over the spatial axes (mean, then centred sum of squares; float32 for
 half inputs) and returns it unchanged. The norm calls themselves, and everything else,
 stay as exported: eval mode, stored statistics, dropout off. Layer names are
-``torch_layers``': the running-mean buffer's path less ``.running_mean``.
+``layers.torch_layers``': the running-mean buffer's path less ``.running_mean``.
 """
 
 from collections.abc import Sequence
@@ -19,8 +19,7 @@ from torch import fx
 
 from service.backends.base import Arrays
 from service.backends.taps import SampleMoments
-from service.backends.torch_backend import load_program
-from service.backends.torch_graph import (
+from service.backends.torch.graph import (
     RecordedForward,
     Recorder,
     argument,
@@ -30,6 +29,7 @@ from service.backends.torch_graph import (
     norm_layer,
     tracked_layers,
 )
+from service.backends.torch.program import load_program
 from service.errors import ConfigError
 
 aten = torch.ops.aten
@@ -57,8 +57,8 @@ class _InputMoments(Recorder[SampleMoments]):
 
 class TorchTaps(RecordedForward[SampleMoments]):
     """The tapped module of one program; input order and thread-safety are
-    ``RecordedForward``'s (the drift design calls ``sample_moments`` from one thread at a
-    time anyway)."""
+    ``RecordedForward``'s (the drift monitor calls ``sample_moments`` from its one tap
+    thread anyway)."""
 
     def sample_moments(self, inputs: Arrays) -> dict[str, SampleMoments]:
         return self.record(inputs)

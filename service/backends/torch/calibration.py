@@ -1,10 +1,10 @@
-"""Recalibration for ``torch.export`` programs: the batch-statistics forward and the writer.
+"""The batch-statistics forward of ``torch.export`` programs (``BatchStatsForward``).
 
 The forward loads a fresh copy of the program (never the serving one), takes its module and
 replaces each selected normalization call of the FX graph by a ``_BatchStatistics`` submodule
 that normalizes with the current batch's statistics, as the layer does in train mode, and
 keeps the moments of its input; everything else (unselected norms, dropout) stays as
-exported, in eval mode. Layer names are ``torch_layers``' (running-mean buffer less
+exported, in eval mode. Layer names are ``layers.torch_layers``' (running-mean buffer less
 ``.running_mean``, the module path).
 
 InstanceNorm with tracked statistics (``track_running_stats=True``) follows torch's own
@@ -21,7 +21,6 @@ so that ``M2 / (n - 1) = avg_i s2_i`` and the ``cumulative`` and ``ema`` estimat
 ``population`` mode and the drift report see the within-instance variance for such layers.
 """
 
-import io
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,20 +29,19 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import fx
-from torch.export import ExportedProgram
 
-from service.backends.calibration import Statistics, checked_statistics, select_layers
-from service.backends.torch_backend import SERIALIZATION_LOCK, load_program
-from service.backends.torch_graph import (
+from service.backends.calibration import recalibrated_layers
+from service.backends.torch.graph import (
     RecordedForward,
     Recorder,
     argument,
     f64,
     graph_module,
     insert_module,
+    layer_channels,
     norm_layer,
-    tracked_layers,
 )
+from service.backends.torch.program import load_program
 from service.errors import ConfigError
 from service.stats.moments import Moments
 
@@ -109,7 +107,7 @@ def torch_batch_stats(
     ``InvalidInput`` for an unknown layer, ``ConfigError`` for a file that cannot be used.
     """
     program = load_program(path)
-    selected = select_layers(list(_layer_channels(program, path)), layers)
+    selected = recalibrated_layers(list(layer_channels(program, path)), layers)
     module, own_names, names = graph_module(program, path, input_names)
     recorders = _rewrite(module, set(selected))
     if set(recorders) != set(selected):
@@ -117,11 +115,6 @@ def torch_batch_stats(
         raise ConfigError(f"{path}: no normalization call found for layers {missing}")
     chosen = {name: recorders[name] for name in selected}
     return TorchBatchStats(module, chosen, own_names, names)
-
-
-def _layer_channels(program: ExportedProgram, path: Path) -> dict[str, int]:
-    """Layers with running statistics -> channels, in graph order."""
-    return {layer.name: layer.channels for layer in tracked_layers(program, path)}
 
 
 def _rewrite(module: fx.GraphModule, selected: set[str]) -> dict[str, _BatchStatistics]:
@@ -144,39 +137,3 @@ def _rewrite(module: fx.GraphModule, selected: set[str]) -> dict[str, _BatchStat
         recorders[name] = recorder
     module.recompile()
     return recorders
-
-
-def write_torch_statistics(src: Path, dest: Path, stats: Statistics) -> None:
-    """Save ``src`` as ``dest`` with the ``<name>.running_mean``/``<name>.running_var``
-    buffers of the named layers replaced by ``stats`` (in the buffers' dtype), then check
-    that the saved program holds them. Raises ``InvalidInput`` naming the layer for an
-    unknown name or a wrong channel count. Writes only ``dest``.
-    """
-    program = load_program(src)
-    checked = checked_statistics(_layer_channels(program, src), stats)
-    expected: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        for name, (mean, var) in checked.items():
-            for key, values in ((f"{name}.running_mean", mean), (f"{name}.running_var", var)):
-                tensor = _stored(program, key, src)
-                tensor.copy_(torch.from_numpy(values).reshape(tensor.shape))
-                expected[key] = tensor.clone()
-    # Serialized in memory, written by Python: torch's file writer raises on a full disk and
-    # then aborts the whole process from its destructor; ``write_bytes`` raises ``OSError``.
-    buffer = io.BytesIO()
-    with SERIALIZATION_LOCK:
-        torch.export.save(program, buffer)
-    dest.write_bytes(buffer.getbuffer())
-    saved = load_program(dest)
-    for key, tensor in expected.items():
-        if not torch.equal(_stored(saved, key, dest), tensor):
-            raise RuntimeError(f"{dest}: {key} was not saved")
-
-
-def _stored(program: ExportedProgram, key: str, path: Path) -> torch.Tensor:
-    tensor = program.state_dict.get(key)
-    if tensor is None:
-        tensor = program.constants.get(key)
-    if not isinstance(tensor, torch.Tensor):
-        raise ConfigError(f"{path}: the program stores no tensor {key!r}")
-    return tensor

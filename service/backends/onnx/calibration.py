@@ -1,19 +1,21 @@
-"""Recalibration for ONNX models: the batch-statistics forward and the statistics writer.
+"""The batch-statistics forward of ONNX models (``BatchStatsForward``).
 
 The forward runs a calibration graph built once from the file, in which every selected
 ``BatchNormalization`` normalizes with the statistics of the current batch and exposes them:
 
 - default: the node itself gets ``training_mode=1, momentum=0``, so its optional outputs
   ``running_mean``/``running_var`` are exactly the batch mean and *biased* batch variance
-  (ONNX opset 14 semantics, checked on onnxruntime 1.31's CPU provider, notes 3.2). A file
-  below opset 14 is converted to opset 15 first (onnx's version converter).
+  (ONNX opset 14 semantics; onnxruntime's CPU provider follows them, which the tests check
+  against torch). A file below opset 14 is converted to opset 15 first (onnx's version
+  converter).
 - ``portable=True`` (or when the conversion fails): the node is replaced by plain operators,
   ``Reshape(N, C, -1)`` -> centred ``ReduceMean`` over axes (0, 2) -> normalize, for execution
-  providers that reject training mode (CUDA, notes 3.2). Same numbers to float32 rounding.
+  providers that reject training mode (onnxruntime's CUDA provider does). Same numbers to
+  float32 rounding.
 
 Each layer also gets a ``Size`` of its input, so the host knows ``n = numel / C``. Fusion
 (``ORT_ENABLE_ALL``) still folds the unselected BatchNorms; it never applies to the rewritten
-ones. Layer names are ``onnx_layers``' (``input_mean`` name less ``.running_mean``).
+ones. Layer names are ``layers.onnx_layers``' (``input_mean`` name less ``.running_mean``).
 """
 
 from collections.abc import Collection, Mapping
@@ -27,18 +29,17 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper, version_converter
 
-from service.backends.calibration import Statistics, checked_statistics, select_layers
-from service.backends.onnx_backend import load_model, onnx_layers
-from service.backends.onnx_graph import (
+from service.backends.calibration import recalibrated_layers
+from service.backends.onnx.graph import (
     all_nodes,
     batch_norm_nodes,
     default_opset,
     fresh_name,
     rewritten_session,
     run_outputs,
-    set_own_constant,
     used_names,
 )
+from service.backends.onnx.layers import batch_norm_channels, load_model
 from service.errors import ConfigError
 from service.stats.moments import Moments
 
@@ -90,8 +91,8 @@ def onnx_batch_stats(
     for a file that cannot be read or rewritten. ``threads``: intra-op threads (0: default).
     """
     model = load_model(path)
-    names = _layer_names(model, path)
-    selected = select_layers(list(names), layers)
+    names = batch_norm_channels(model, path)
+    selected = recalibrated_layers(list(names), layers)
     opset = default_opset(model)
     if not portable and opset < _TRAINING_OPSET:
         try:
@@ -113,18 +114,6 @@ def onnx_batch_stats(
     # waking the pool for every operator is what costs (12% on a ResNet-18).
     session = rewritten_session(model, threads, path, "the calibration graph", spinning=True)
     return OnnxBatchStats(session, taps, {name: names[name] for name in selected})
-
-
-def _layer_names(model: onnx.ModelProto, path: Path) -> dict[str, int]:
-    """BatchNorm layer name -> channels, in node order, named as the serving backend does."""
-    try:
-        layers = [layer for layer in onnx_layers(model) if layer.kind == "BatchNorm"]
-    except ValueError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    names = {layer.name: layer.channels for layer in layers}
-    if len(names) != len(layers):
-        raise ConfigError(f"{path}: two BatchNormalization nodes have the same layer name")
-    return names
 
 
 class _Rewriter:
@@ -250,25 +239,3 @@ class _Rewriter:
             infos = [*graph.input, *graph.value_info, *graph.output]
             self._types = {i.name: i.type.tensor_type.elem_type for i in infos}
         return self._types.get(name) or onnx.TensorProto.FLOAT
-
-
-def write_onnx_statistics(src: Path, dest: Path, stats: Statistics) -> None:
-    """Copy ``src`` to ``dest`` with the ``input_mean``/``input_var`` of the named BatchNorms
-    replaced by ``stats`` (torch's convention: ``running_var`` is the unbiased variance, so
-    both forms of one model hold the same numbers), in the dtype of the tensors they replace.
-
-    A statistic that another node also reads, or that an Identity/Constant node produces,
-    is not changed in place: the BatchNorm gets its own new initializer under the name it
-    reads (so its layer name stays), and the other readers move to a new name. Raises
-    ``InvalidInput`` naming the layer for an unknown name or a wrong channel count. Writes
-    only ``dest``.
-    """
-    model = load_model(src)
-    names = _layer_names(model, src)
-    checked = checked_statistics(names, stats)
-    nodes = dict(zip(names, batch_norm_nodes(model.graph), strict=True))
-    used = used_names(model.graph)
-    for name, (mean, var) in checked.items():
-        set_own_constant(model, nodes[name], 3, mean, used)
-        set_own_constant(model, nodes[name], 4, var, used)
-    onnx.save(model, dest)

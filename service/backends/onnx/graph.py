@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from service.backends.onnx_backend import session_options
+from service.backends.onnx.serving import session_options
 from service.errors import ConfigError, InvalidInput
 
 
@@ -23,7 +23,7 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 def batch_norm_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The graph's standard ``BatchNormalization`` nodes, in node order: the same nodes, in
-    the same order, as ``onnx_layers``' BatchNorm layers."""
+    the same order, as ``layers.onnx_layers``' BatchNorm layers."""
     return [
         node
         for node in graph.node

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from service.client.progress import ProgressBar
-from service.client.transport import (
+from service.cli.client.progress import ProgressBar
+from service.cli.client.transport import (
     DEFAULT_TIMEOUT,
     ClientError,
     Endpoint,

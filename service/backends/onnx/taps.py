@@ -33,8 +33,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from service.backends.base import Arrays
-from service.backends.onnx_backend import load_model, onnx_layers
-from service.backends.onnx_graph import (
+from service.backends.onnx.graph import (
     batch_norm_nodes,
     default_opset,
     fresh_name,
@@ -42,6 +41,7 @@ from service.backends.onnx_graph import (
     run_outputs,
     used_names,
 )
+from service.backends.onnx.layers import load_model, onnx_layers
 from service.backends.taps import SampleMoments
 from service.errors import ConfigError
 

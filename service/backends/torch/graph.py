@@ -1,9 +1,9 @@
-"""FX-graph surgery shared by the torch rewrites (``torch_calibration``, ``torch_taps``).
+"""FX-graph surgery shared by the torch rewrites (``calibration``, ``taps``).
 
 Both take the module of a freshly loaded ``torch.export`` program (never the serving one),
 insert a ``Recorder`` submodule at some of its normalization calls and run the module on
 inputs passed positionally, collecting what each recorder saw. Layer names are
-``torch_layers``': the running-mean buffer's path less ``.running_mean``.
+``layers.torch_layers``': the running-mean buffer's path less ``.running_mean``.
 """
 
 import threading
@@ -18,7 +18,7 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 
 from service.backends.base import NormLayer
-from service.backends.torch_backend import torch_layers
+from service.backends.torch.layers import torch_layers
 from service.errors import ConfigError, InvalidInput
 
 aten = torch.ops.aten
@@ -117,6 +117,11 @@ def tracked_layers(program: ExportedProgram, path: Path) -> list[NormLayer]:
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     return [layer for layer in layers if not layer.batch_independent]
+
+
+def layer_channels(program: ExportedProgram, path: Path) -> dict[str, int]:
+    """Layers with running statistics -> channels, in graph order."""
+    return {layer.name: layer.channels for layer in tracked_layers(program, path)}
 
 
 def graph_module(

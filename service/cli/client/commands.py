@@ -15,14 +15,20 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
     Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
-from service.client.recalibrate import (
+from service.cli.client.recalibrate import (
     RecalibrationUpload,
     content_type_for,
     recalibration_query,
     upload,
 )
-from service.client.tables import format_report, format_versions
-from service.client.transport import DEFAULT_TIMEOUT, ClientError, Endpoint, call_json, model_path
+from service.cli.client.tables import format_report, format_versions
+from service.cli.client.transport import (
+    DEFAULT_TIMEOUT,
+    ClientError,
+    Endpoint,
+    call_json,
+    model_path,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 MODES = ("cumulative", "population", "ema")

@@ -1,35 +1,43 @@
-"""Loading a model version's file into its backend, and checking the file against the config.
+"""A model file's inputs and outputs checked against the signature its config declares.
 
-The backend modules are imported on demand, so that a service with only ONNX models never
-imports torch (seconds of start-up and hundreds of MB of memory).
+Backends read only what ``TensorSignature`` and ``ModelSignature`` name: ``ModelConfig`` and
+its ``TensorSpec`` fit them, and the backends stay free of the config (which imports them to
+learn each family's file name and platform).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-from service.backends.base import Backend
-from service.config import ModelConfig, TensorSpec
+from typing import Protocol
 
 
-def load_backend(
-    version_dir: Path, config: ModelConfig, threads: int = 0, spinning: bool | None = None
-) -> Backend:
-    """Load ``version_dir / config.model_file`` with the backend that ``config.backend`` names.
+class TensorSignature(Protocol):
+    """A declared input or output (``TensorSpec``)."""
 
-    ``threads`` is the intra-op thread count for the model (0: the runtime chooses);
-    ``spinning`` lets onnxruntime's intra-op threads busy-wait between runs (``None``: chosen
-    by the model's cost, see ``OnnxBackend``).
-    Raises ``ConfigError`` naming the file when it is missing, unreadable or invalid, or when
-    its inputs and outputs do not match the config.
-    """
-    path = version_dir / config.model_file
-    if config.backend == "onnx":
-        from service.backends.onnx_backend import OnnxBackend
+    @property
+    def name(self) -> str: ...
 
-        return OnnxBackend(path, config, threads, spinning)
-    from service.backends.torch_backend import TorchBackend
+    @property
+    def datatype(self) -> str:
+        """The V2 name, e.g. ``FP32``."""
+        ...
 
-    return TorchBackend(path, config, threads)
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Without the batch dimension."""
+        ...
+
+
+class ModelSignature(Protocol):
+    """What a model file is checked against and fed with (``ModelConfig``)."""
+
+    @property
+    def inputs(self) -> Sequence[TensorSignature]: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorSignature]: ...
+
+    @property
+    def max_batch_size(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,7 @@ class FileTensor:
     batch_limit: int | None = None
 
 
-def check_tensor(role: str, spec: TensorSpec, found: FileTensor, max_batch_size: int) -> None:
+def check_tensor(role: str, spec: TensorSignature, found: FileTensor, max_batch_size: int) -> None:
     """Raise ``ValueError`` unless batches of up to ``max_batch_size`` samples of ``spec``
     fit ``found``: same datatype, rank and static per-sample sizes, a dynamic batch axis.
 

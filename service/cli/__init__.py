@@ -1,0 +1,1 @@
+"""The ``bnserve`` command line."""
