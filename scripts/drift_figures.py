@@ -2,7 +2,7 @@
 
 Through HTTP, on a private copy of ``models/`` with every served batch tapped: the clean test
 split (no shift), the test split blurred at severity 5 (a shift), and the same blurred traffic
-after a recalibration on the blurred training split. ``tests/test_drift_api.py`` asserts the
+after a recalibration on the blurred training split. ``tests/drift/test_drift_api.py`` asserts the
 same story (clean < 2x baseline, blur > 5x on bn1 and bn2, recalibrated < 2x).
 
 Run: ``python scripts/drift_figures.py > docs/drift-figures.md`` (about 20 s on 2 cores).

@@ -10,7 +10,8 @@ as it is). Three kinds of line are treated specially:
   own install lines are what make the rest work); without it the current environment must
   already hold what they install;
 - ``docker ...`` needs a Docker engine, which the project's machines lack: it is printed, not
-  run (``tests/test_dashboard.py`` and ``tests/test_deploy.py`` check the stack statically).
+  run (``tests/metrics/test_dashboard.py`` and ``tests/deploy/test_deploy.py`` check the stack
+  statically).
 
 The block that runs the test suite is not run here (it would run this again); CI takes it from
 the README with ``test-command``. Port 8000 in the README is replaced by a free port.

@@ -27,9 +27,9 @@ from service.drift import DriftCollector, DriftMonitor
 from service.drift.failures import TapFailures
 from service.examples.data import load_digits_split
 from service.status_page import render_status
+from tests.api.test_status_page import parse, section
 from tests.conftest import BUNDLED_MODELS, make_client
-from tests.helpers import infer_body
-from tests.test_drift import (
+from tests.drift.test_drift import (
     FakeClock,
     FakeTaps,
     InlineExecutor,
@@ -37,7 +37,7 @@ from tests.test_drift import (
     gaussian_reference,
     norm_layers,
 )
-from tests.test_status_page import parse, section
+from tests.helpers import infer_body
 
 
 class FlakyFactory:

@@ -18,7 +18,8 @@ version, then with none at all.
 
 Long run (figures for the README)::
 
-    BNSERVE_KILL_TRIALS=20 python -m pytest -q -s tests/test_reliability_faults.py -k sigkill
+    BNSERVE_KILL_TRIALS=20 python -m pytest -q -s \
+        tests/reliability/test_reliability_faults.py -k sigkill
 """
 
 import contextlib
@@ -40,7 +41,7 @@ import pytest
 from service.examples.data import CORRUPTIONS, corrupt, load_digits_split
 from tests.conftest import BUNDLED_MODELS, LiveServer, RestartableServer, start_server
 from tests.helpers import assert_rel_close, infer_body, output_of, sample_inputs
-from tests.recalibration_support import (
+from tests.recalibration.recalibration_support import (
     ADMIN,
     NPY,
     file_statistics,

@@ -24,7 +24,7 @@ from service.examples import (
 )
 from service.examples.export import export_onnx
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = Path(__file__).resolve().parents[2] / "models"
 ARCHITECTURE_NAMES = [example.architecture for example in EXAMPLES]
 BY_ARCHITECTURE = {example.architecture: example for example in EXAMPLES}
 SPLITS = {example.architecture: example.load() for example in EXAMPLES}

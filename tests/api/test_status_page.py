@@ -22,7 +22,7 @@ from service.examples.data import corrupt, load_digits_split
 from service.status_page import render_status
 from tests.conftest import BUNDLED_MODELS
 from tests.helpers import infer_body
-from tests.recalibration_support import ADMIN, NPY, npy_body
+from tests.recalibration.recalibration_support import ADMIN, NPY, npy_body
 
 _VOID = {"meta", "br", "col", "img", "input", "link", "hr", "wbr", "source"}
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from service.examples.data import corrupt, load_digits_split, load_wine_split
 from tests.conftest import BUNDLED_MODELS, make_client
 from tests.helpers import assert_rel_close
-from tests.recalibration_support import (
+from tests.recalibration.recalibration_support import (
     ADMIN,
     F32,
     NPY,

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import BUNDLED_MODELS, make_client
 from tests.helpers import sample_inputs
-from tests.recalibration_support import (
+from tests.recalibration.recalibration_support import (
     ADMIN,
     BODIES,
     F32,

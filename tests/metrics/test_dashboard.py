@@ -17,8 +17,8 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.api.test_status_page import recalibrate_and_serve, repository_tapping_every_batch
 from tests.conftest import REPO_ROOT
-from tests.test_status_page import recalibrate_and_serve, repository_tapping_every_batch
 
 DEPLOY = REPO_ROOT / "deploy"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"

@@ -17,7 +17,7 @@ from tests.helpers import (
     reference_forward,
     sample_inputs,
 )
-from tests.recalibration_support import file_statistics
+from tests.recalibration.recalibration_support import file_statistics
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

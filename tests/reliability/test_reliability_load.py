@@ -14,7 +14,7 @@ admin client recalibrates on shifted data (``activate=true``) and activates rand
 
 Long run (figures for the README)::
 
-    BNSERVE_LOAD_SECONDS=30 python -m pytest -q -s tests/test_reliability_load.py
+    BNSERVE_LOAD_SECONDS=30 python -m pytest -q -s tests/reliability/test_reliability_load.py
 """
 
 import asyncio
@@ -36,7 +36,7 @@ from service.bench.loadgen import encode_request
 from service.examples.data import CORRUPTIONS, corrupt, load_digits_split
 from tests.conftest import BUNDLED_MODELS, LiveServer, start_server
 from tests.helpers import infer_body, sample_inputs
-from tests.recalibration_support import (
+from tests.recalibration.recalibration_support import (
     ADMIN,
     NPY,
     file_statistics,

@@ -17,7 +17,7 @@ import pytest
 from service.examples.data import corrupt, load_digits_split
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, LiveServer, make_client, start_server
 from tests.helpers import infer_body, output_of
-from tests.recalibration_support import (
+from tests.recalibration.recalibration_support import (
     ADMIN,
     NPY,
     npy_body,

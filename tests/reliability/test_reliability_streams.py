@@ -32,7 +32,7 @@ from service.config import TensorSpec
 from service.errors import InvalidInput
 from service.streams import make_parser
 from tests.conftest import BUNDLED_MODELS, make_client
-from tests.recalibration_support import (
+from tests.recalibration.recalibration_support import (
     NDJSON,
     NPY,
     RAW,

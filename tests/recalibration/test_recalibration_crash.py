@@ -24,7 +24,7 @@ import pytest
 from service.examples.data import corrupt, load_digits_split
 from tests.conftest import BUNDLED_MODELS, LiveServer, RestartableServer
 from tests.helpers import assert_rel_close, infer_body, output_of
-from tests.recalibration_support import (
+from tests.recalibration.recalibration_support import (
     ADMIN,
     NPY,
     file_statistics,

@@ -15,7 +15,7 @@ statistics, a fresh app loads every model, and nothing was written outside the r
 
 The default run is bounded for CI. A longer one (examples per operation, another seed)::
 
-    BNSERVE_FUZZ_EXAMPLES=1000 BNSERVE_FUZZ_SEED=7 python -m pytest tests/test_fuzz_api.py
+    BNSERVE_FUZZ_EXAMPLES=1000 BNSERVE_FUZZ_SEED=7 python -m pytest tests/api/test_fuzz_api.py
 """
 
 import io

@@ -26,7 +26,7 @@ from torch import nn
 from service.examples import corrupt, load_digits_split
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, make_client
 from tests.helpers import infer_body, reference_module
-from tests.recalibration_support import npy_body, recalibrate
+from tests.recalibration.recalibration_support import npy_body, recalibrate
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
