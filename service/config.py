@@ -3,7 +3,7 @@
 import math
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -92,6 +92,37 @@ class DriftConfig(_Strict):
     """Tap compute as a share of serving compute; >= 1 taps every batch."""
 
 
+AdaptationTrigger = Literal["off", "propose", "activate"]
+
+_MAX_CAPTURE_BYTES = 1024**3  # one model's captured traffic; more is a configuration error
+
+
+class AdaptationConfig(_Strict):
+    """``[adaptation]``: recalibration from captured traffic when drift alarms. Off by
+    default: ``capture = 0`` keeps nothing, ``trigger = "off"`` decides nothing."""
+
+    capture: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    """Served samples kept in memory (a uniform reservoir over the current window)."""
+    trigger: AdaptationTrigger = "off"
+    """``propose``: write a candidate version without serving it; ``activate``: serve it,
+    and roll back if drift does not fall."""
+    threshold: Annotated[float, Field(gt=1.0)] = 3.0
+    """A layer alarms at ``drift / baseline >= threshold`` ..."""
+    min_drift: Annotated[float, Field(ge=0.0)] = 0.25
+    """... and ``drift >= min_drift`` (used alone without a baseline)."""
+    min_samples: Annotated[int, Field(ge=2)] = 512
+    """Window samples before any decision."""
+    cooldown_s: Annotated[float, Field(ge=0.0)] = 600.0
+    """No new decision for this long after one."""
+    holdout: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.25
+    """Share of the captured samples held out to judge the candidate."""
+    label_shift_share: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    """A layer's drift is explained by class frequencies when reweighting leaves at most
+    this share of it (``adaptation.label_shift``)."""
+    class_output: str | None = None
+    """The output holding class scores; optional when the model has one output."""
+
+
 class ModelConfig(_Strict):
     backend: FamilyName
     max_batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 64
@@ -100,6 +131,38 @@ class ModelConfig(_Strict):
     batching: BatchingConfig = BatchingConfig()
     recalibration: RecalibrationConfig = RecalibrationConfig()
     drift: DriftConfig = DriftConfig()
+    adaptation: AdaptationConfig = AdaptationConfig()
+
+    @model_validator(mode="after")
+    def _adaptation_fits(self) -> "ModelConfig":
+        adaptation = self.adaptation
+        if adaptation.trigger != "off" and adaptation.capture < 2 * adaptation.min_samples:
+            raise ValueError(
+                f"[adaptation] capture = {adaptation.capture} holds too few samples for "
+                f"trigger = {adaptation.trigger!r}: at least 2 * min_samples "
+                f"({2 * adaptation.min_samples}), to fit a candidate and hold some out"
+            )
+        if adaptation.trigger != "off" and not self.drift.enabled:
+            raise ValueError("[adaptation] trigger needs [drift] enabled = true: drift alarms")
+        per_sample = sum(DTYPES[spec.datatype].itemsize * spec.sample_size for spec in self.inputs)
+        if adaptation.capture * per_sample > _MAX_CAPTURE_BYTES:
+            raise ValueError(
+                f"[adaptation] capture = {adaptation.capture} samples of {per_sample} bytes "
+                f"is over {_MAX_CAPTURE_BYTES // 1024**2} MiB"
+            )
+        names = [spec.name for spec in self.outputs]
+        if adaptation.class_output is not None and adaptation.class_output not in names:
+            raise ValueError(
+                f"[adaptation] class_output {adaptation.class_output!r} is not an output: {names}"
+            )
+        return self
+
+    @property
+    def class_output(self) -> str | None:
+        """The output with class scores, when the config names one or has a single output."""
+        if self.adaptation.class_output is not None:
+            return self.adaptation.class_output
+        return self.outputs[0].name if len(self.outputs) == 1 else None
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ModelConfig":

@@ -64,6 +64,12 @@ class ServiceMetrics:
         self.recalibrations = Counter(
             "bnserve_recalibrations", "Recalibrations by outcome", ["model", "outcome"], registry=r
         )
+        self.adaptations = Counter(
+            "bnserve_adaptations",
+            "Adaptation decisions by outcome (proposed, activated, rejected, rolled_back)",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.recalibration_samples = Counter(
             "bnserve_recalibration_samples",
             "Samples streamed into recalibrations",

@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.adaptation.capture import TrafficCapture
 from service.backends.base import Arrays, Backend
 from service.backends.families import family
-from service.batching import DynamicBatcher
+from service.batching import DynamicBatcher, Observer
 from service.config import ModelConfig
 from service.drift.factory import make_monitor
 from service.drift.monitor import DriftMonitor
@@ -48,6 +49,8 @@ class LoadedModel:
     executor: ThreadPoolExecutor = field(repr=False)
     batcher: DynamicBatcher = field(repr=False)
     drift: DriftMonitor | None = field(default=None, repr=False)
+    capture: TrafficCapture | None = field(default=None, repr=False)
+    """The served inputs an adaptation learns from (``[adaptation] capture``), or None."""
 
     async def infer(self, inputs: Arrays, batch_size: int) -> Arrays:
         return await self.batcher.submit(inputs, batch_size)
@@ -69,6 +72,20 @@ class _Entry:
     config: ModelConfig
     serving: LoadedModel
     extra: dict[int, LoadedModel] = field(default_factory=dict)
+
+
+def _observers(drift: DriftMonitor | None, capture: TrafficCapture | None) -> Observer | None:
+    """What is told of every served batch: the drift monitor, the traffic capture, or both."""
+    if capture is None:
+        return None if drift is None else drift.observe
+    if drift is None:
+        return lambda inputs, batch_size, _seconds: capture.offer(inputs, batch_size)
+
+    def both(inputs: Arrays, batch_size: int, seconds: float) -> None:
+        drift.observe(inputs, batch_size, seconds)
+        capture.offer(inputs, batch_size)
+
+    return both
 
 
 class ModelRegistry:
@@ -220,6 +237,9 @@ class ModelRegistry:
         drift = await asyncio.to_thread(
             make_monitor, config, path, backend.layers, self._drift_executor, self._threads
         )
+        capture = None
+        if config.adaptation.capture > 0:
+            capture = TrafficCapture(config.inputs, config.adaptation.capture)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}-{version}")
         batcher = DynamicBatcher(
             backend.predict,
@@ -229,9 +249,9 @@ class ModelRegistry:
             max_delay_ms=config.batching.max_delay_ms,
             enabled=config.batching.enabled,
             on_batch=None if self._batch_observer is None else self._batch_observer(name),
-            on_served=None if drift is None else drift.observe,
+            on_served=_observers(drift, capture),
         )
-        return LoadedModel(name, version, config, backend, executor, batcher, drift)
+        return LoadedModel(name, version, config, backend, executor, batcher, drift, capture)
 
     @staticmethod
     async def _close_entry(entry: _Entry) -> None:

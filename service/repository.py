@@ -216,7 +216,10 @@ class ModelRepository:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: unreadable provenance: {exc}") from exc
         keys = ("source_version", "created", "parameters", "samples", "batches", "tail")
-        return {key: report.get(key) for key in keys}
+        summary = {key: report.get(key) for key in keys}
+        if "source" in report:  # written from captured traffic by an adaptation
+            summary["source"] = report["source"]
+        return summary
 
     def set_active(self, name: str, version: int) -> None:
         """Point ``active`` at ``version`` atomically (write, fsync, rename, fsync folder)."""

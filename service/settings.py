@@ -39,3 +39,5 @@ class ServiceSettings(BaseSettings):
     model_threads: Annotated[int, Field(ge=0)] = 0
     """Intra-op threads per model session; 0 lets the runtime choose."""
     log_level: str = "info"
+    adaptation_interval: Annotated[float, Field(gt=0.0)] = 1.0
+    """Seconds between checks of the adaptation loop (models with ``[adaptation] trigger``)."""

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__
+from service.adaptation.loop import AdaptationLoop
+from service.api import adaptation as adaptation_routes
 from service.api import drift, fastpath, metrics, models, recalibration, repository, status, v2
 from service.api.body import BodyReader
 from service.api.context import ServiceContext
@@ -63,8 +65,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         bodies = BodyReader(
             settings.max_body_bytes, settings.max_inflight_bytes, settings.request_timeout
         )
+        adaptation = AdaptationLoop(
+            registry, recalibrator, service_metrics, settings.adaptation_interval
+        )
         ctx = ServiceContext(
-            settings, repo, registry, _admin_token(settings), recalibrator, service_metrics, bodies
+            settings,
+            repo,
+            registry,
+            _admin_token(settings),
+            recalibrator,
+            service_metrics,
+            bodies,
+            adaptation,
         )
         app.state.context = ctx
         watcher = RepositoryWatcher(registry, settings.poll_interval)
@@ -74,11 +86,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             for name in repo.model_names():
                 await registry.load(name)
             watcher.start()
+            adaptation.start()
             ctx.ready = True
             yield
         finally:
             ctx.ready = False
             await watcher.stop()
+            await adaptation.stop()
             recalibrator.close()
             await registry.close()
 
@@ -95,6 +109,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(recalibration.router)
     app.include_router(metrics.router)
     app.include_router(drift.router)
+    app.include_router(adaptation_routes.router)
     app.include_router(status.router)
     app.router.routes[0:0] = fastpath.ROUTES  # matched first: see fastpath.py
     return app

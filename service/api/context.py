@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from service.adaptation.loop import AdaptationLoop
 from service.api.body import BodyReader
 from service.metrics import ServiceMetrics
 from service.recalibration.runner import Recalibrator
@@ -22,6 +23,7 @@ class ServiceContext:
     metrics: ServiceMetrics
     bodies: BodyReader
     """Inference bodies: per-request limits and the in-flight budget of the whole app."""
+    adaptation: AdaptationLoop
     ready: bool = field(default=False)
 
 

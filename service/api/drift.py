@@ -39,4 +39,6 @@ async def reset(request: Request, model_name: str) -> Response:
     model = await loaded_model(request, model_name, None)
     if model.drift is not None:
         model.drift.reset()
+    if model.capture is not None:  # the captured traffic belongs to the window it restarts
+        model.capture.restart()
     return _monitored(model)

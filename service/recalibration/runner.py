@@ -12,7 +12,7 @@ import asyncio
 import functools
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,12 +37,16 @@ def _write_version_files(
     source_dir: Path,
     result: JobResult,
     report: RecalibrationReport,
+    provenance: Mapping[str, object] | None,
 ) -> None:
     config = model.config
     family(config.backend).write_statistics(
         source_dir / config.model_file, dest / config.model_file, result.statistics
     )
-    report_bytes = orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    options = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+    report_bytes = orjson.dumps(report, option=options)
+    if provenance:  # where the data came from, kept next to the report's own keys
+        report_bytes = orjson.dumps(orjson.loads(report_bytes) | dict(provenance), option=options)
     (dest / "recalibration.json").write_bytes(report_bytes)
     if len(result.reference) == 1:
         # Through a buffer: numpy's fast path to a real file reports a full disk as a bare
@@ -95,9 +99,12 @@ class Recalibrator:
         params: RecalibrationParams,
         content_type: str,
         chunks: AsyncIterator[bytes],
+        provenance: Mapping[str, object] | None = None,
     ) -> RecalibrationOutcome:
         """Recalibrate the loaded model version ``model`` on the streamed body. Parameters that
-        do not apply are refused (``InvalidInput``) before anything else is checked."""
+        do not apply are refused (``InvalidInput``) before anything else is checked.
+        ``provenance`` adds keys to the written ``recalibration.json`` (an adaptation's
+        ``source`` and figures)."""
         settings = params.settings(model.config.recalibration)
         name = model.name
         self._check_stopping()
@@ -108,7 +115,7 @@ class Recalibrator:
         outcome = "aborted"  # the client went away, or the server is shutting down
         try:
             result = await self._run(
-                model, params.applied(settings), settings, content_type, chunks
+                model, params.applied(settings), settings, content_type, chunks, provenance
             )
             outcome = "dry_run" if params.dry_run else "written"
             return result
@@ -184,6 +191,7 @@ class Recalibrator:
         settings: RecalibrationConfig,
         content_type: str,
         chunks: AsyncIterator[bytes],
+        provenance: Mapping[str, object] | None,
     ) -> RecalibrationOutcome:
         """``params`` as applied: with the ``settings`` in effect."""
         loop = asyncio.get_running_loop()
@@ -211,7 +219,12 @@ class Recalibrator:
         if params.dry_run:
             return RecalibrationOutcome.of(report, None, activated=False)
         write = functools.partial(
-            _write_version_files, model=model, source_dir=source_dir, result=result, report=report
+            _write_version_files,
+            model=model,
+            source_dir=source_dir,
+            result=result,
+            report=report,
+            provenance=provenance,
         )
         new_version = await loop.run_in_executor(
             self._executor, self._repository.write_version, model.name, write

@@ -1,0 +1,61 @@
+"""What an adaptation decided, and why: kept per model, shown by the API and the status page."""
+
+import datetime
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from service.adaptation.evidence import CandidateFigures, TrafficFigures
+
+Outcome = Literal["proposed", "activated", "rejected", "rolled_back"]
+OUTCOMES: tuple[Outcome, ...] = ("proposed", "activated", "rejected", "rolled_back")
+_KEPT = 20  # decisions remembered per model
+
+
+@dataclass(frozen=True)
+class AlarmFigures:
+    """A layer's drift when the alarm rang."""
+
+    drift: float | None
+    baseline: float | None
+    ratio: float | None
+    samples: float
+    alarmed: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    at: str
+    source_version: int
+    outcome: Outcome
+    version: int | None
+    """The candidate version written (None when rejected before writing one)."""
+    reasons: tuple[str, ...]
+    alarm: Mapping[str, AlarmFigures]
+    traffic: TrafficFigures | None = None
+    candidate: CandidateFigures | None = None
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Watch:
+    """An activated candidate under watch: rolled back to ``previous`` unless its own drift
+    window settles below the alarm within ``min_samples``."""
+
+    version: int
+    previous: int
+
+
+@dataclass
+class ModelAdaptation:
+    """One model's adaptation state; touched on the event loop only."""
+
+    decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=_KEPT))
+    busy: bool = False
+    cooldown_until: float = float("-inf")
+    watch: Watch | None = None
+    alarmed: bool = False

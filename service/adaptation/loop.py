@@ -1,0 +1,362 @@
+"""The closed loop: drift alarm -> candidate from captured traffic -> guardrails -> decision.
+
+Every ``interval`` seconds, for each loaded model whose ``[adaptation] trigger`` is not
+``off``: a model under watch is checked first (its activated candidate is rolled back unless
+its drift settles); otherwise, outside the cooldown, the serving version's drift window is
+read and, when a layer alarms (``alarm.AlarmRule``), a decision starts:
+
+1. the captured reservoir is split into a fit share and a held-out share (fixed seed);
+2. *label shift?* the traffic is scored against the reference's classes mixed by the class
+   frequencies the serving version predicts on it (``label_shift``): if that explains every
+   alarmed layer, the decision is ``rejected`` and nothing is written;
+3. the candidate is the usual recalibration (``Recalibrator.run``, same code path, modes and
+   exactness as a streamed upload) on the fit share, written with ``activate=false`` and
+   provenance ``source = "traffic"`` plus the figures;
+4. *holdout fit:* the candidate's drift on the held-out share must be under the alarm
+   threshold of its own baseline, or the decision is ``rejected`` (the version stays written,
+   never served);
+5. ``propose`` stops there (``proposed``). ``activate`` switches ``active`` by compare-and-set
+   from the version the candidate came from, so replicas that alarm together activate one
+   candidate; a model without reference data or class scores cannot run step 2 and is only
+   proposed, saying why.
+
+Heavy work (forwards over the traffic and the reference) runs on one worker thread.
+"""
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import orjson
+
+from service.adaptation.alarm import AlarmRule, LayerDrift
+from service.adaptation.decisions import (
+    AlarmFigures,
+    Decision,
+    ModelAdaptation,
+    Outcome,
+    Watch,
+    now,
+)
+from service.adaptation.evidence import (
+    CandidateFigures,
+    ReferenceClasses,
+    TrafficFigures,
+    candidate_figures,
+    count,
+    reference_classes,
+    rows,
+    traffic_figures,
+)
+from service.adaptation.label_shift import all_explained
+from service.backends.base import Arrays
+from service.config import AdaptationConfig
+from service.errors import ServiceError
+from service.metrics import ServiceMetrics
+from service.recalibration.params import RecalibrationParams
+from service.recalibration.runner import Recalibrator
+from service.registry import LoadedModel, ModelRegistry
+
+log = logging.getLogger(__name__)
+_SPLIT_SEED = 0
+_T = TypeVar("_T")
+
+
+def rule_of(config: AdaptationConfig) -> AlarmRule:
+    return AlarmRule(config.threshold, config.min_drift, config.min_samples)
+
+
+def layer_drift(model: LoadedModel) -> list[LayerDrift] | None:
+    """The serving window per layer; None while there is no monitor or its baseline, which
+    the version has reference data for, is still being computed."""
+    if model.drift is None:
+        return None
+    snapshot = model.drift.snapshot(per_channel=False)
+    result = []
+    for layer in snapshot["layers"]:
+        baseline = layer["baseline"]
+        if snapshot["baseline"] is not None and baseline is None and layer["drift"] is not None:
+            return None  # baseline pending: the ratio is not known yet
+        level = None if baseline is None else baseline.get("drift")
+        result.append(LayerDrift(layer["name"], layer["drift"], level, layer["window_samples"]))
+    return result
+
+
+def _npy(inputs: Arrays) -> tuple[str, bytes]:
+    """The fit share as a recalibration body: a ``.npy`` for one input, else ndjson."""
+    if len(inputs) == 1:
+        buffer = io.BytesIO()
+        np.save(buffer, next(iter(inputs.values())), allow_pickle=False)
+        return "application/x-npy", buffer.getvalue()
+    numpy = orjson.OPT_SERIALIZE_NUMPY
+    lines = [
+        orjson.dumps({name: array[i] for name, array in inputs.items()}, option=numpy)
+        for i in range(count(inputs))
+    ]
+    return "application/x-ndjson", b"\n".join(lines) + b"\n"
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+@dataclass
+class _Split:
+    fit: Arrays
+    holdout: Arrays
+
+
+def _split(traffic: Arrays, holdout_share: float) -> _Split:
+    order = np.random.default_rng(_SPLIT_SEED).permutation(count(traffic))
+    cut = round(len(order) * (1.0 - holdout_share))
+    return _Split(rows(traffic, np.sort(order[:cut])), rows(traffic, np.sort(order[cut:])))
+
+
+class AdaptationLoop:
+    """The adaptation loop of one server process; see the module docstring."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        recalibrator: Recalibrator,
+        metrics: ServiceMetrics | None = None,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._recalibrator = recalibrator
+        self._metrics = metrics
+        self._interval = interval
+        self._clock = clock
+        self._states: dict[str, ModelAdaptation] = {}
+        self._references: dict[tuple[str, int], ReferenceClasses | None] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaptation")
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    def state(self, name: str) -> ModelAdaptation:
+        return self._states.setdefault(name, ModelAdaptation())
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        for task in [self._task, *self._running]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        """Check every model once; a decision that starts runs in a task of its own."""
+        for name in self._registry.names():
+            try:
+                model = self._registry.get(name)
+            except ServiceError:
+                continue
+            if model.config.adaptation.trigger == "off" or model.capture is None:
+                continue
+            state = self.state(name)
+            cooling = self._clock() < state.cooldown_until
+            if state.busy or (cooling and state.watch is None):  # a watch ends in any case
+                continue
+            task = asyncio.get_running_loop().create_task(self._check(model, state))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _check(self, model: LoadedModel, state: ModelAdaptation) -> None:
+        state.busy = True
+        try:
+            layers = await asyncio.to_thread(layer_drift, model)
+            if layers is None:
+                return
+            rule = rule_of(model.config.adaptation)
+            alarms = rule.alarms(layers)
+            state.alarmed = any(alarms.values())
+            if state.watch is not None:
+                await self._watch(model, state, layers, alarms)
+            elif state.alarmed:
+                decision = await self._decide(model, layers, alarms)
+                self._record(model.name, state, decision)
+        except Exception:  # a decision that fails must not stop the loop or the server
+            log.exception("adaptation of %s failed", model.name)
+            state.cooldown_until = self._clock() + model.config.adaptation.cooldown_s
+        finally:
+            state.busy = False
+
+    def _record(self, name: str, state: ModelAdaptation, decision: Decision) -> None:
+        state.decisions.append(decision)
+        state.cooldown_until = self._clock() + self._config(name).cooldown_s
+        if self._metrics is not None:
+            self._metrics.adaptations.labels(name, decision.outcome).inc()
+        log.info(
+            "adaptation of %s: %s (version %s): %s",
+            name,
+            decision.outcome,
+            decision.version,
+            "; ".join(decision.reasons),
+        )
+
+    def _config(self, name: str) -> AdaptationConfig:
+        return self._registry.get(name).config.adaptation
+
+    async def _watch(
+        self,
+        model: LoadedModel,
+        state: ModelAdaptation,
+        layers: list[LayerDrift],
+        alarms: Mapping[str, bool],
+    ) -> None:
+        """Keep an activated candidate once its window holds ``min_samples`` below the alarm;
+        roll back to the version it replaced if the alarm still rings then."""
+        watch = state.watch
+        assert watch is not None
+        if model.version != watch.version:  # someone else activated another version
+            state.watch = None
+            return
+        config = model.config.adaptation
+        if min((layer.samples for layer in layers), default=0.0) < config.min_samples:
+            return
+        state.watch = None
+        if not any(alarms.values()):
+            return
+        repository = self._registry.repository
+        switched = await asyncio.to_thread(
+            repository.compare_and_set_active, model.name, watch.version, watch.previous
+        )
+        if not switched:
+            log.warning("%s: version %d still alarms, but active moved", model.name, watch.version)
+            return
+        await self._registry.follow(model.name)
+        reasons = (
+            f"drift against version {watch.version} stayed over the alarm after "
+            f"{config.min_samples} samples: back to version {watch.previous}",
+        )
+        figures = _figures(layers, alarms)
+        decision = Decision(now(), watch.version, "rolled_back", watch.previous, reasons, figures)
+        self._record(model.name, state, decision)
+
+    async def _reference(self, model: LoadedModel, output: str) -> ReferenceClasses | None:
+        """The serving version's reference grouped by predicted class, computed once."""
+        key = (model.name, model.version)
+        if key not in self._references:
+            version_dir = self._registry.repository.version_dir(model.name, model.version)
+            self._references[key] = await self._in_worker(
+                reference_classes, version_dir, model.config, model.backend, output
+            )
+        return self._references[key]
+
+    async def _in_worker(self, function: Callable[..., _T], *args: object) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _decide(
+        self, model: LoadedModel, layers: list[LayerDrift], alarms: Mapping[str, bool]
+    ) -> Decision:
+        config = model.config.adaptation
+        assert model.capture is not None
+        traffic = model.capture.samples()
+        figures = _figures(layers, alarms)
+        reasons: list[str] = [
+            "alarm on " + ", ".join(name for name, alarmed in alarms.items() if alarmed)
+        ]
+        version_dir = self._registry.repository.version_dir(model.name, model.version)
+        output = model.config.class_output
+        reference = None if output is None else await self._reference(model, output)
+        figures_traffic = None
+        if output is None or reference is None:
+            reasons.append(
+                "no class scores output: the label-shift test cannot run"
+                if output is None
+                else "no reference data: the label-shift test cannot run"
+            )
+        else:
+            figures_traffic = await self._in_worker(
+                traffic_figures,
+                traffic,
+                version_dir,
+                model.config,
+                model.backend,
+                output,
+                reference,
+                config.label_shift_share,
+            )
+            if all_explained(figures_traffic.label_shift, alarms):
+                reasons.append(
+                    "label shift: class frequencies explain the drift of every alarmed layer"
+                )
+                return Decision(
+                    now(), model.version, "rejected", None, tuple(reasons), figures, figures_traffic
+                )
+        split = _split(traffic, config.holdout)
+        content_type, body = _npy(split.fit)
+        params = RecalibrationParams(activate=False)
+        provenance = {
+            "source": "traffic",
+            "adaptation": {"alarm": figures, "traffic": figures_traffic},
+        }
+        outcome = await self._recalibrator.run(model, params, content_type, _once(body), provenance)
+        assert outcome.version is not None
+        candidate = int(outcome.version)
+        candidate_dir = self._registry.repository.version_dir(model.name, candidate)
+        figures_candidate = await self._in_worker(
+            candidate_figures, candidate_dir, model.config, split.fit, split.holdout, output
+        )
+        decided = _Decided(model.version, candidate, figures, figures_traffic, figures_candidate)
+        if any(ratio >= config.threshold for ratio in figures_candidate.drift_ratio.values()):
+            reasons.append(
+                "holdout: the candidate's drift on held-out traffic is still over the alarm"
+            )
+            return decided.decision("rejected", reasons)
+        if config.trigger == "propose" or figures_traffic is None:
+            if config.trigger == "activate":
+                reasons.append("proposed instead of activated: the label-shift test did not run")
+            return decided.decision("proposed", reasons)
+        repository = self._registry.repository
+        switched = await asyncio.to_thread(
+            repository.compare_and_set_active, model.name, model.version, candidate
+        )
+        if not switched:
+            reasons.append(f"not activated: active no longer names version {model.version}")
+            return decided.decision("proposed", reasons)
+        await self._registry.follow(model.name)
+        self.state(model.name).watch = Watch(candidate, model.version)
+        return decided.decision("activated", reasons)
+
+
+@dataclass(frozen=True)
+class _Decided:
+    source: int
+    candidate: int
+    alarm: dict[str, AlarmFigures]
+    traffic: TrafficFigures | None
+    figures: CandidateFigures
+
+    def decision(self, outcome: Outcome, reasons: list[str]) -> Decision:
+        return Decision(
+            now(), self.source, outcome, self.candidate, tuple(reasons), self.alarm,
+            self.traffic, self.figures,
+        )  # fmt: skip
+
+
+def _figures(layers: list[LayerDrift], alarms: Mapping[str, bool]) -> dict[str, AlarmFigures]:
+    return {
+        layer.layer: AlarmFigures(
+            layer.drift, layer.baseline, layer.ratio, layer.samples, alarms[layer.layer]
+        )
+        for layer in layers
+    }
