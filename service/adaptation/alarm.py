@@ -9,6 +9,9 @@ compare with, and inventing one would make the alarm fire on window noise.
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from service.config import AdaptationConfig
+from service.registry import LoadedModel
+
 
 @dataclass(frozen=True)
 class LayerDrift:
@@ -43,3 +46,23 @@ class AlarmRule:
 
     def alarms(self, layers: Iterable[LayerDrift]) -> Mapping[str, bool]:
         return {layer.layer: self.alarmed(layer) for layer in layers}
+
+
+def rule_of(config: AdaptationConfig) -> AlarmRule:
+    return AlarmRule(config.threshold, config.min_drift, config.min_samples)
+
+
+def layer_drift(model: LoadedModel) -> list[LayerDrift] | None:
+    """The serving window per layer; None while there is no monitor or its baseline, which
+    the version has reference data for, is still being computed."""
+    if model.drift is None:
+        return None
+    snapshot = model.drift.snapshot(per_channel=False)
+    result = []
+    for layer in snapshot["layers"]:
+        baseline = layer["baseline"]
+        if snapshot["baseline"] is not None and baseline is None and layer["drift"] is not None:
+            return None  # baseline pending: the ratio is not known yet
+        level = None if baseline is None else baseline.get("drift")
+        result.append(LayerDrift(layer["name"], layer["drift"], level, layer["window_samples"]))
+    return result

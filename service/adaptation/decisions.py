@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from service.adaptation.alarm import LayerDrift
 from service.adaptation.evidence import CandidateFigures, TrafficFigures
+from service.recalibration.report import RecalibrationOutcome
 
 Outcome = Literal["proposed", "activated", "rejected", "rolled_back"]
 OUTCOMES: tuple[Outcome, ...] = ("proposed", "activated", "rejected", "rolled_back")
@@ -59,3 +61,42 @@ class ModelAdaptation:
     cooldown_until: float = float("-inf")
     watch: Watch | None = None
     alarmed: bool = False
+
+
+@dataclass(frozen=True)
+class CandidateDecision:
+    """What every decision on a written candidate shares."""
+
+    source: int
+    candidate: int
+    alarm: dict[str, AlarmFigures]
+    traffic: TrafficFigures | None
+    figures: CandidateFigures
+
+    def decision(self, outcome: Outcome, reasons: list[str]) -> Decision:
+        return Decision(
+            now(), self.source, outcome, self.candidate, tuple(reasons), self.alarm,
+            self.traffic, self.figures,
+        )  # fmt: skip
+
+
+def alarm_figures(layers: list[LayerDrift], alarms: Mapping[str, bool]) -> dict[str, AlarmFigures]:
+    return {
+        layer.layer: AlarmFigures(
+            layer.drift, layer.baseline, layer.ratio, layer.samples, alarms[layer.layer]
+        )
+        for layer in layers
+    }
+
+
+@dataclass(frozen=True)
+class TrafficRecalibration:
+    """The answer of a recalibration from captured traffic: the usual outcome, then the
+    guardrail figures (``label_shift``: whether class frequencies explain every layer's
+    drift; None when the test cannot run, ``label_shift_unavailable`` says why)."""
+
+    recalibration: RecalibrationOutcome
+    traffic: TrafficFigures | None
+    label_shift_unavailable: str | None
+    label_shift: bool | None
+    candidate: CandidateFigures | None

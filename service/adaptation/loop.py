@@ -25,24 +25,20 @@ Heavy work (forwards over the traffic and the reference) runs on one worker thre
 
 import asyncio
 import contextlib
-import io
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
-import numpy as np
-import orjson
-
-from service.adaptation.alarm import AlarmRule, LayerDrift
+from service.adaptation.alarm import LayerDrift, layer_drift, rule_of
 from service.adaptation.decisions import (
-    AlarmFigures,
+    CandidateDecision,
     Decision,
     ModelAdaptation,
-    Outcome,
+    TrafficRecalibration,
     Watch,
+    alarm_figures,
     now,
 )
 from service.adaptation.evidence import (
@@ -52,71 +48,22 @@ from service.adaptation.evidence import (
     candidate_figures,
     count,
     reference_classes,
-    rows,
     traffic_figures,
 )
 from service.adaptation.label_shift import all_explained
+from service.adaptation.traffic import Split, once, recalibration_body
+from service.adaptation.traffic import split as split_traffic
 from service.backends.base import Arrays
 from service.config import AdaptationConfig
-from service.errors import ServiceError
+from service.errors import InvalidInput, ServiceError
 from service.metrics import ServiceMetrics
 from service.recalibration.params import RecalibrationParams
+from service.recalibration.report import RecalibrationOutcome
 from service.recalibration.runner import Recalibrator
 from service.registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
-_SPLIT_SEED = 0
 _T = TypeVar("_T")
-
-
-def rule_of(config: AdaptationConfig) -> AlarmRule:
-    return AlarmRule(config.threshold, config.min_drift, config.min_samples)
-
-
-def layer_drift(model: LoadedModel) -> list[LayerDrift] | None:
-    """The serving window per layer; None while there is no monitor or its baseline, which
-    the version has reference data for, is still being computed."""
-    if model.drift is None:
-        return None
-    snapshot = model.drift.snapshot(per_channel=False)
-    result = []
-    for layer in snapshot["layers"]:
-        baseline = layer["baseline"]
-        if snapshot["baseline"] is not None and baseline is None and layer["drift"] is not None:
-            return None  # baseline pending: the ratio is not known yet
-        level = None if baseline is None else baseline.get("drift")
-        result.append(LayerDrift(layer["name"], layer["drift"], level, layer["window_samples"]))
-    return result
-
-
-def _npy(inputs: Arrays) -> tuple[str, bytes]:
-    """The fit share as a recalibration body: a ``.npy`` for one input, else ndjson."""
-    if len(inputs) == 1:
-        buffer = io.BytesIO()
-        np.save(buffer, next(iter(inputs.values())), allow_pickle=False)
-        return "application/x-npy", buffer.getvalue()
-    numpy = orjson.OPT_SERIALIZE_NUMPY
-    lines = [
-        orjson.dumps({name: array[i] for name, array in inputs.items()}, option=numpy)
-        for i in range(count(inputs))
-    ]
-    return "application/x-ndjson", b"\n".join(lines) + b"\n"
-
-
-async def _once(body: bytes) -> AsyncIterator[bytes]:
-    yield body
-
-
-@dataclass
-class _Split:
-    fit: Arrays
-    holdout: Arrays
-
-
-def _split(traffic: Arrays, holdout_share: float) -> _Split:
-    order = np.random.default_rng(_SPLIT_SEED).permutation(count(traffic))
-    cut = round(len(order) * (1.0 - holdout_share))
-    return _Split(rows(traffic, np.sort(order[:cut])), rows(traffic, np.sort(order[cut:])))
 
 
 class AdaptationLoop:
@@ -247,7 +194,7 @@ class AdaptationLoop:
             f"drift against version {watch.version} stayed over the alarm after "
             f"{config.min_samples} samples: back to version {watch.previous}",
         )
-        figures = _figures(layers, alarms)
+        figures = alarm_figures(layers, alarms)
         decision = Decision(now(), watch.version, "rolled_back", watch.previous, reasons, figures)
         self._record(model.name, state, decision)
 
@@ -264,59 +211,113 @@ class AdaptationLoop:
     async def _in_worker(self, function: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
+    async def _traffic(
+        self, model: LoadedModel, traffic: Arrays
+    ) -> tuple[TrafficFigures | None, str | None]:
+        """The label-shift figures of ``traffic``, or None and why the test cannot run."""
+        output = model.config.class_output
+        if output is None:
+            return None, "no class scores output: the label-shift test cannot run"
+        reference = await self._reference(model, output)
+        if reference is None:
+            return None, "no reference data: the label-shift test cannot run"
+        repository = self._registry.repository
+        version_dir = await asyncio.to_thread(repository.version_dir, model.name, model.version)
+        figures = await self._in_worker(
+            traffic_figures,
+            traffic,
+            version_dir,
+            model.config,
+            model.backend,
+            output,
+            reference,
+            model.config.adaptation.label_shift_share,
+        )
+        return figures, None
+
+    async def _candidate(
+        self,
+        model: LoadedModel,
+        split: Split,
+        params: RecalibrationParams,
+        provenance: Mapping[str, object],
+    ) -> tuple[RecalibrationOutcome, CandidateFigures | None]:
+        """Recalibrate on the fit share (the usual job), then judge the version it wrote on the
+        held-out share; no figures for a dry run, which writes none."""
+        content_type, body = recalibration_body(split.fit)
+        outcome = await self._recalibrator.run(model, params, content_type, once(body), provenance)
+        if outcome.version is None:
+            return outcome, None
+        repository = self._registry.repository
+        candidate_dir = await asyncio.to_thread(
+            repository.version_dir, model.name, int(outcome.version)
+        )
+        figures = await self._in_worker(
+            candidate_figures,
+            candidate_dir,
+            model.config,
+            split.fit,
+            split.holdout,
+            model.config.class_output,
+        )
+        return outcome, figures
+
+    async def from_traffic(
+        self, model: LoadedModel, params: RecalibrationParams
+    ) -> TrafficRecalibration:
+        """``POST .../recalibrate?source=traffic``: the candidate an alarm would compute, on
+        demand, with the caller's parameters, and its guardrail figures; no decision."""
+        if model.capture is None:
+            raise InvalidInput(f"model '{model.name}' captures no traffic ([adaptation] capture)")
+        traffic = model.capture.samples()
+        config = model.config.adaptation
+        held = count(traffic)
+        if held < 2 * config.min_samples:
+            raise InvalidInput(
+                f"model '{model.name}' has captured {held} samples; a recalibration from "
+                f"traffic needs {2 * config.min_samples} (2 * [adaptation] min_samples)"
+            )
+        figures_traffic, unavailable = await self._traffic(model, traffic)
+        provenance = {"source": "traffic", "adaptation": {"traffic": figures_traffic}}
+        split = split_traffic(traffic, config.holdout)
+        outcome, figures = await self._candidate(model, split, params, provenance)
+        label_shift = None
+        if figures_traffic is not None:
+            label_shift = all(shift.explained for shift in figures_traffic.label_shift)
+        return TrafficRecalibration(outcome, figures_traffic, unavailable, label_shift, figures)
+
     async def _decide(
         self, model: LoadedModel, layers: list[LayerDrift], alarms: Mapping[str, bool]
     ) -> Decision:
         config = model.config.adaptation
         assert model.capture is not None
         traffic = model.capture.samples()
-        figures = _figures(layers, alarms)
+        figures = alarm_figures(layers, alarms)
         reasons: list[str] = [
             "alarm on " + ", ".join(name for name, alarmed in alarms.items() if alarmed)
         ]
-        version_dir = self._registry.repository.version_dir(model.name, model.version)
-        output = model.config.class_output
-        reference = None if output is None else await self._reference(model, output)
-        figures_traffic = None
-        if output is None or reference is None:
+        figures_traffic, unavailable = await self._traffic(model, traffic)
+        if unavailable is not None:
+            reasons.append(unavailable)
+        elif figures_traffic is not None and all_explained(figures_traffic.label_shift, alarms):
             reasons.append(
-                "no class scores output: the label-shift test cannot run"
-                if output is None
-                else "no reference data: the label-shift test cannot run"
+                "label shift: class frequencies explain the drift of every alarmed layer"
             )
-        else:
-            figures_traffic = await self._in_worker(
-                traffic_figures,
-                traffic,
-                version_dir,
-                model.config,
-                model.backend,
-                output,
-                reference,
-                config.label_shift_share,
+            return Decision(
+                now(), model.version, "rejected", None, tuple(reasons), figures, figures_traffic
             )
-            if all_explained(figures_traffic.label_shift, alarms):
-                reasons.append(
-                    "label shift: class frequencies explain the drift of every alarmed layer"
-                )
-                return Decision(
-                    now(), model.version, "rejected", None, tuple(reasons), figures, figures_traffic
-                )
-        split = _split(traffic, config.holdout)
-        content_type, body = _npy(split.fit)
-        params = RecalibrationParams(activate=False)
         provenance = {
             "source": "traffic",
             "adaptation": {"alarm": figures, "traffic": figures_traffic},
         }
-        outcome = await self._recalibrator.run(model, params, content_type, _once(body), provenance)
-        assert outcome.version is not None
+        split = split_traffic(traffic, config.holdout)
+        params = RecalibrationParams(activate=False)
+        outcome, figures_candidate = await self._candidate(model, split, params, provenance)
+        assert outcome.version is not None and figures_candidate is not None
         candidate = int(outcome.version)
-        candidate_dir = self._registry.repository.version_dir(model.name, candidate)
-        figures_candidate = await self._in_worker(
-            candidate_figures, candidate_dir, model.config, split.fit, split.holdout, output
+        decided = CandidateDecision(
+            model.version, candidate, figures, figures_traffic, figures_candidate
         )
-        decided = _Decided(model.version, candidate, figures, figures_traffic, figures_candidate)
         if any(ratio >= config.threshold for ratio in figures_candidate.drift_ratio.values()):
             reasons.append(
                 "holdout: the candidate's drift on held-out traffic is still over the alarm"
@@ -336,27 +337,3 @@ class AdaptationLoop:
         await self._registry.follow(model.name)
         self.state(model.name).watch = Watch(candidate, model.version)
         return decided.decision("activated", reasons)
-
-
-@dataclass(frozen=True)
-class _Decided:
-    source: int
-    candidate: int
-    alarm: dict[str, AlarmFigures]
-    traffic: TrafficFigures | None
-    figures: CandidateFigures
-
-    def decision(self, outcome: Outcome, reasons: list[str]) -> Decision:
-        return Decision(
-            now(), self.source, outcome, self.candidate, tuple(reasons), self.alarm,
-            self.traffic, self.figures,
-        )  # fmt: skip
-
-
-def _figures(layers: list[LayerDrift], alarms: Mapping[str, bool]) -> dict[str, AlarmFigures]:
-    return {
-        layer.layer: AlarmFigures(
-            layer.drift, layer.baseline, layer.ratio, layer.samples, alarms[layer.layer]
-        )
-        for layer in layers
-    }

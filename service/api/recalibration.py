@@ -2,9 +2,9 @@
 
 import asyncio
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -36,9 +36,16 @@ _STREAM_BODY = {
 
 
 async def _recalibrate(
-    request: Request, model_name: str, version: str | None, params: RecalibrationParams
+    request: Request,
+    model_name: str,
+    version: str | None,
+    params: RecalibrationParams,
+    source: str,
 ) -> Response:
     ctx = context(request)
+    if source == "traffic":  # the captured samples, not the body
+        model = await loaded_model(request, model_name, version)
+        return json_response(await ctx.adaptation.from_traffic(model, params))
     content_type = request.headers.get("content-type")
     if not content_type:
         raise UnsupportedMediaType(
@@ -60,6 +67,14 @@ async def _recalibrate(
 
 
 Params = Annotated[RecalibrationParams, Depends()]
+Source = Annotated[
+    Literal["upload", "traffic"],
+    Query(
+        description="upload: the request body's samples; traffic: the served samples that "
+        "the model's [adaptation] capture holds (the body is not read), answered with the "
+        "guardrail figures"
+    ),
+]
 
 
 @router.post(
@@ -67,8 +82,10 @@ Params = Annotated[RecalibrationParams, Depends()]
     dependencies=[Depends(require_admin)],
     openapi_extra=_STREAM_BODY,
 )
-async def recalibrate(request: Request, model_name: str, params: Params) -> Response:
-    return await _recalibrate(request, model_name, None, params)
+async def recalibrate(
+    request: Request, model_name: str, params: Params, source: Source = "upload"
+) -> Response:
+    return await _recalibrate(request, model_name, None, params, source)
 
 
 @router.post(
@@ -77,9 +94,9 @@ async def recalibrate(request: Request, model_name: str, params: Params) -> Resp
     openapi_extra=_STREAM_BODY,
 )
 async def recalibrate_version(
-    request: Request, model_name: str, version: str, params: Params
+    request: Request, model_name: str, version: str, params: Params, source: Source = "upload"
 ) -> Response:
-    return await _recalibrate(request, model_name, version, params)
+    return await _recalibrate(request, model_name, version, params, source)
 
 
 @router.get("/v2/models/{model_name}/versions")

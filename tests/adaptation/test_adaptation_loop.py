@@ -123,3 +123,23 @@ def test_propose_writes_a_version_and_keeps_serving_the_old_one(tmp_path: Path) 
     assert decision["outcome"] == "proposed" and decision["version"] == 2, decision
     assert served["model_version"] == "1" and listing["active"] == "1"
     assert [entry["version"] for entry in listing["versions"]] == ["1", "2"]
+
+
+def test_recalibrate_from_traffic_on_demand_reports_the_guardrails(tmp_path: Path) -> None:
+    blurred = corrupt(X_TEST, "blur", 5)
+    with make_client(_repo(tmp_path, "off"), adaptation_interval=0.1) as client:
+        url = "/v2/models/digits/recalibrate?source=traffic"
+        too_early = client.post(url, headers=ADMIN)
+        _serve(client, np.concatenate([blurred, blurred]))
+        answer = client.post(url + "&activate=false", headers=ADMIN)
+        unauthorized = client.post(url)
+        decisions = _decisions(client)
+    assert too_early.status_code == 400 and "needs 1024" in too_early.json()["error"]
+    assert unauthorized.status_code == 401
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["recalibration"]["version"] == "2" and body["recalibration"]["activated"] is False
+    assert body["recalibration"]["samples"] == round(1438 * 0.75)  # the fit share
+    assert body["label_shift"] is False and body["traffic"]["samples"] == 1438
+    assert all(ratio < 3.0 for ratio in body["candidate"]["drift_ratio"].values())
+    assert decisions == []  # trigger off: nothing decided by the loop
