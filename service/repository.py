@@ -223,14 +223,7 @@ class ModelRepository:
 
     def set_active(self, name: str, version: int) -> None:
         """Point ``active`` at ``version`` atomically (write, fsync, rename, fsync folder)."""
-        folder = self.model_dir(name)
-        if version not in self.versions(name):
-            raise ModelNotFound(f"model '{name}' has no version {version}")
-        with (
-            _storage_errors(f"cannot make version {version} of model '{name}' active"),
-            _pointer_lock(folder),
-        ):
-            _write_pointer(folder, version, exclusive=False)
+        self._switch_active(name, version, expected=None)
 
     def compare_and_set_active(self, name: str, expected: int, version: int) -> bool:
         """Point ``active`` at ``version`` only if it still names ``expected``; whether it did.
@@ -239,6 +232,9 @@ class ModelRepository:
         local filesystems and NFS alike), so two that decide together from the same serving
         version switch once: the second finds ``active`` moved and changes nothing.
         """
+        return self._switch_active(name, version, expected)
+
+    def _switch_active(self, name: str, version: int, expected: int | None) -> bool:
         folder = self.model_dir(name)
         if version not in self.versions(name):
             raise ModelNotFound(f"model '{name}' has no version {version}")
@@ -246,7 +242,7 @@ class ModelRepository:
             _storage_errors(f"cannot make version {version} of model '{name}' active"),
             _pointer_lock(folder),
         ):
-            if self.active_version(name) != expected:
+            if expected is not None and self.active_version(name) != expected:
                 return False
             _write_pointer(folder, version, exclusive=False)
             return True

@@ -26,7 +26,7 @@ def open_request(
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())  # UTF-8: paths may hold any text
     return sock
 
 

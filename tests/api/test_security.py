@@ -28,6 +28,7 @@ from service.config import load_model_config
 from service.protocol.limits import body_bounds
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, LiveServer, start_server
 from tests.helpers import infer_body, sample_inputs
+from tests.raw_http import Answer, open_request, read_answer
 
 LIMIT = 1 << 20
 """Body limit of the server under test (inference and recalibration), 1 MiB."""
@@ -47,18 +48,6 @@ class Target:
     server: LiveServer
     root: Path
     """``models`` (the repository), ``decoy`` (a model outside it), ``secret.txt``, the log."""
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def error(self) -> str:
-        message = orjson.loads(self.body)["error"]
-        assert isinstance(message, str) and message
-        return message
 
 
 @pytest.fixture(scope="module")
@@ -101,31 +90,7 @@ def send(
     target: Target, method: str, path: str, headers: dict[str, str] | None = None
 ) -> socket.socket:
     """A connection on which the request line and headers (and nothing else) were sent."""
-    sock = socket.create_connection(("127.0.0.1", target.server.port), timeout=10)
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    return sock
-
-
-def read_answer(sock: socket.socket) -> Answer:
-    """One response: status line, headers, then ``Content-Length`` bytes of body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a response: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {
-        name.strip().lower(): value.strip()
-        for name, _, value in (line.partition(":") for line in lines)
-    }
-    while len(body) < int(headers.get("content-length", "0")):
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed in the middle of the response body"
-        body += chunk
-    return Answer(int(status_line.split()[1]), headers, body)
+    return open_request(target.server.port, method, path, headers or {}, timeout=10)
 
 
 def request(
