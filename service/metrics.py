@@ -13,6 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.adaptation.decisions import OUTCOMES
+from service.config import ModelConfig
+
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 )  # fmt: skip
@@ -86,3 +89,10 @@ class ServiceMetrics:
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
+
+    def model_loaded(self, model: str, config: ModelConfig) -> None:
+        """Start a model's adaptation series at 0 when it adapts: a counter series that first
+        appears at 1 hides its first decision from ``increase()`` and ``changes()``."""
+        if config.adaptation.trigger != "off":
+            for outcome in OUTCOMES:
+                self.adaptations.labels(model, outcome)

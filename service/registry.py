@@ -97,12 +97,15 @@ class ModelRegistry:
         threads: int = 0,
         spinning: bool | None = None,
         batch_observer: Callable[[str], Callable[[int], None]] | None = None,
+        on_load: Callable[[str, ModelConfig], None] | None = None,
     ) -> None:
-        """``batch_observer(model)`` returns a callback told the size of every model call."""
+        """``batch_observer(model)`` returns a callback told the size of every model call;
+        ``on_load(model, config)`` is told of every version loaded."""
         self.repository = repository
         self._threads = threads
         self._spinning = spinning
         self._batch_observer = batch_observer
+        self._on_load = on_load
         # One thread for every model's drift taps: off the request path, and bounded in cost.
         self._drift_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift")
         self._entries: dict[str, _Entry] = {}
@@ -251,6 +254,8 @@ class ModelRegistry:
             on_batch=None if self._batch_observer is None else self._batch_observer(name),
             on_served=_observers(drift, capture),
         )
+        if self._on_load is not None:
+            self._on_load(name, config)
         return LoadedModel(name, version, config, backend, executor, batcher, drift, capture)
 
     @staticmethod

@@ -1,9 +1,9 @@
 """The status page (``GET /``) as one self-contained HTML document: inline CSS and SVG, no script.
 
 ``render_status(models)`` is a pure function of one ``ModelStatus`` per loaded model: the
-same data that the versions and drift routes return as JSON. A version's ``provenance`` may
-instead be ``{"error": "..."}`` (an unreadable ``recalibration.json``). Every string that
-comes from the data is escaped with ``html.escape``, attributes included.
+same data that the versions, drift and adaptation routes return as JSON. A version's
+``provenance`` may instead be ``{"error": "..."}`` (an unreadable ``recalibration.json``).
+Every string that comes from the data is escaped with ``html.escape``, attributes included.
 
 Each layer's bar is drawn on a linear scale shared by the model's layers: the bar is the drift
 (W2 RMS), the tick the no-shift baseline at the same window size. The bar is split by the exact
@@ -15,10 +15,13 @@ of the bar's length, the lighter one the spread's.
 
 import math
 from html import escape
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
+from service.adaptation.report import AdaptationReport
 from service.api.versions import VersionEntry
 from service.drift.report import LayerDrift, VersionDrift
+from service.status_adaptation import CSS as ADAPTATION_CSS
+from service.status_adaptation import render_adaptation
 
 
 class ModelStatus(TypedDict):
@@ -29,6 +32,8 @@ class ModelStatus(TypedDict):
     versions: list[VersionEntry]
     drift: VersionDrift | None
     """The serving version's drift, without per-channel detail; None when not monitored."""
+    adaptation: NotRequired[AdaptationReport | None]
+    """Absent or None when the model neither adapts nor captures."""
 
 
 _BAR_WIDTH = 300
@@ -259,7 +264,8 @@ def _model_section(model: ModelStatus) -> str:
         f'<section class="model" id="model-{name}" data-model="{name}">'
         f'<h2>{name}<span class="badge">{_e(model.get("platform", "?"))}</span>'
         f'<span class="badge">serving v{_e(model["version"])}</span></h2>'
-        f"{_versions_table(model)}{_drift_section(model)}</section>"
+        f"{_versions_table(model)}{_drift_section(model)}"
+        f"{render_adaptation(model.get('adaptation'))}</section>"
     )
 
 
@@ -293,7 +299,7 @@ def render_status(models: list[ModelStatus]) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>bnserve status</title><style>{_CSS}</style></head><body>"
+        f"<title>bnserve status</title><style>{_CSS}{ADAPTATION_CSS}</style></head><body>"
         f"<header><h1>bnserve</h1><span>{count} · BatchNorm input drift of live traffic "
         "against each version's stored statistics</span></header>"
         f"<main>{_legend()}{sections}</main></body></html>"

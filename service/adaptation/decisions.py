@@ -61,6 +61,8 @@ class ModelAdaptation:
     cooldown_until: float = float("-inf")
     watch: Watch | None = None
     alarmed: bool = False
+    collecting: int | None = None
+    """The version whose capture restarted at the alarm's onset and fills for a decision."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Every ``interval`` seconds, for each loaded model whose ``[adaptation] trigger`` is not
 ``off``: a model under watch is checked first (its activated candidate is rolled back unless
 its drift settles); otherwise, outside the cooldown, the serving version's drift window is
-read and, when a layer alarms (``alarm.AlarmRule``), a decision starts:
+read and, when a layer alarms (``alarm.AlarmRule``), the capture restarts, so as to hold only
+traffic from after the alarm's onset; once it holds ``2 * min_samples``, a decision starts:
 
 1. the captured reservoir is split into a fit share and a held-out share (fixed seed);
 2. *label shift?* the traffic is scored against the reference's classes mixed by the class
@@ -137,14 +138,33 @@ class AdaptationLoop:
             state.alarmed = any(alarms.values())
             if state.watch is not None:
                 await self._watch(model, state, layers, alarms)
-            elif state.alarmed:
+            elif not state.alarmed:
+                state.collecting = None
+            elif self._collected(model, state):
                 decision = await self._decide(model, layers, alarms)
+                state.collecting = None
                 self._record(model.name, state, decision)
         except Exception:  # a decision that fails must not stop the loop or the server
             log.exception("adaptation of %s failed", model.name)
             state.cooldown_until = self._clock() + model.config.adaptation.cooldown_s
         finally:
             state.busy = False
+
+    @staticmethod
+    def _collected(model: LoadedModel, state: ModelAdaptation) -> bool:
+        """Whether the capture holds enough traffic from after the alarm to decide on.
+
+        At the alarm's onset the capture restarts: before it, it held a uniform sample of
+        everything the version served, mostly the old distribution after a long calm, and a
+        candidate fitted on that mix fails on the new traffic. From then on it fills with
+        the traffic that rang the alarm; the decision waits for ``2 * min_samples`` of it, a
+        fit share and a held-out share."""
+        assert model.capture is not None
+        if state.collecting != model.version:
+            state.collecting = model.version
+            model.capture.restart()
+            return False
+        return model.capture.held >= 2 * model.config.adaptation.min_samples
 
     def _record(self, name: str, state: ModelAdaptation, decision: Decision) -> None:
         state.decisions.append(decision)

@@ -50,6 +50,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             threads=settings.model_threads,
             spinning=settings.ort_spinning,
             batch_observer=lambda model: service_metrics.batch_size.labels(model).observe,
+            on_load=service_metrics.model_loaded,
         )
         service_metrics.add_collector(StateCollector(registry.model_states))
         service_metrics.add_collector(DriftCollector(registry.drift_monitors))

@@ -1,4 +1,4 @@
-"""``GET /``: the status page; gathers each loaded model's versions and drift for
+"""``GET /``: the status page; gathers each loaded model's versions, drift and adaptation for
 ``render_status``."""
 
 import asyncio
@@ -7,6 +7,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from service.adaptation.loop import AdaptationLoop
+from service.adaptation.report import AdaptationReport, adaptation_report, configured
 from service.api.context import context
 from service.api.versions import VersionEntry, shown_versions
 from service.drift.report import VersionDrift, named_snapshot
@@ -22,12 +24,19 @@ def _drift(model: LoadedModel) -> VersionDrift | None:
     return named_snapshot(model.name, model.version, model.drift.snapshot(per_channel=False))
 
 
+def _adaptation(model: LoadedModel, loop: AdaptationLoop) -> AdaptationReport | None:
+    if not configured(model.config.adaptation):
+        return None
+    return adaptation_report(model, loop.state(model.name))
+
+
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def status_page(request: Request) -> HTMLResponse:
     ctx = context(request)
     # No await between listing and reading: the registry cannot change under us.
     models = [ctx.registry.get(name) for name in ctx.registry.names()]
     drifts = [_drift(model) for model in models]
+    adaptations = [_adaptation(model, ctx.adaptation) for model in models]
 
     def read_versions() -> list[list[VersionEntry]]:
         return [shown_versions(ctx.repository, model.name, model.config) for model in models]
@@ -40,7 +49,10 @@ async def status_page(request: Request) -> HTMLResponse:
             "version": str(model.version),
             "versions": entries,
             "drift": drift,
+            "adaptation": adaptation,
         }
-        for model, drift, entries in zip(models, drifts, versions, strict=True)
+        for model, drift, adaptation, entries in zip(
+            models, drifts, adaptations, versions, strict=True
+        )
     ]
     return HTMLResponse(render_status(statuses))

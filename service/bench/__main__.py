@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the suite's modules import torch: only ``run`` loads them
     from service.bench.harness import Bench
     from service.bench.report import Row
 
-LETTERS = ("a", "b", "c", "d", "e", "f", "g")
+LETTERS = ("a", "b", "c", "d", "e", "f", "g", "h", "i")
 """The cases, in the order they run (``service.bench.cases.CASES``)."""
 
 NOISY_CORES = 0.2

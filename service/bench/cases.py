@@ -14,6 +14,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from service.bench.adaptation import (
+    time_to_decision,
+    write_activate_repository,
+    write_capture_repository,
+)
 from service.bench.baseline import (
     eval_seconds,
     ort_latencies,
@@ -292,6 +297,39 @@ def case_g(bench: Bench) -> list[Row]:
     return rows
 
 
+def case_h(bench: Bench) -> list[Row]:
+    """Digits req/s at 32 connections with ``[adaptation] capture = 2048`` vs without."""
+    request = json_request(DIGITS, digits_sample())
+    rates, notes = {}, []
+    for capture, write in ((False, write_digits_repository), (True, write_capture_repository)):
+        with bench.server(f"h-capture-{'on' if capture else 'off'}", write) as server:
+            run = bench.measure(server, request, 32, bench.seconds(6.0, 1.5))
+        rates[capture] = run.result.rate
+        notes.append(f"capture {'on' if capture else 'off'}: {run.summary()}")
+    metric = "digits req/s, JSON, 32 conn, [adaptation] capture = 2048 (trigger off)"
+    target = Target(">=", 0.98, on_ratio=True)
+    row = Row("h", metric, rates[True], "req/s", rates[False], "no capture", target)
+    return [replace(row, note="; ".join(notes))]
+
+
+def case_i(bench: Bench) -> list[Row]:
+    """From the start of a shift (blurred digits) to the loop's decision: seconds, samples."""
+    with bench.server("i", write_activate_repository) as server:
+        adapted = time_to_decision(server)
+    if adapted.outcome != "activated":
+        raise RuntimeError(f"the loop decided {adapted.outcome}, not activated")
+    note = (
+        f"blur 5 from the first request, 64 samples a request on 1 connection, loop every 1 s "
+        f"(default), trigger = activate, min_samples = 512: version {adapted.version} activated"
+    )
+    rate = adapted.samples / adapted.seconds
+    return [
+        Row("i", "shift to activated version, seconds", adapted.seconds, "s", note=note),
+        Row("i", "shift to activated version, samples", adapted.samples, "samples",
+            note=f"sent at {rate:,.0f} samples/s"),
+    ]  # fmt: skip
+
+
 CASES: dict[str, Callable[[Bench], list[Row]]] = {
     "a": case_a,
     "b": case_b,
@@ -300,5 +338,7 @@ CASES: dict[str, Callable[[Bench], list[Row]]] = {
     "e": case_e,
     "f": case_f,
     "g": case_g,
+    "h": case_h,
+    "i": case_i,
 }
 """Case letter -> benchmark."""

@@ -131,12 +131,16 @@ def write_resnet_repository(
     return root
 
 
-def write_digits_repository(root: Path, batching: bool = True, drift: bool | None = None) -> Path:
-    """``root/digits``: the bundled digits model and its reference data, as version 1."""
+def write_digits_repository(
+    root: Path, batching: bool = True, drift: bool | None = None, adaptation: str = ""
+) -> Path:
+    """``root/digits``: the bundled digits model and its reference data, as version 1;
+    ``adaptation``, TOML lines, ends the config after ``[drift]``'s (one ``[drift]`` key, then
+    an ``[adaptation]`` table)."""
     model_dir = root / DIGITS
     shutil.copytree(BUNDLED_MODELS / DIGITS / "1", model_dir / "1")
     (model_dir / "config.toml").write_text(
-        config_toml((1, 8, 8), 10, batching, drift), encoding="utf-8"
+        config_toml((1, 8, 8), 10, batching, drift) + adaptation, encoding="utf-8"
     )
     (model_dir / "active").write_text("1\n", encoding="ascii")
     return root

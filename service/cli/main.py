@@ -1,5 +1,5 @@
 """The ``bnserve`` command line: serve, inspect, build-examples, bench, recalibrate, versions,
-activate."""
+activate, adaptation."""
 
 # Each command imports what it needs when it runs: the operator's client commands
 # (``service.cli.client``) start without the serving stack.

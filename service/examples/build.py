@@ -3,7 +3,9 @@
 For every architecture two models are written, one per backend: ``<architecture>``
 (``model.onnx``) and ``<architecture>_torch`` (``model.pt2``), each as version 1 with
 ``reference.npy`` (the training inputs, at most 2,048 samples: the no-shift data for drift
-baselines) and ``active``.
+baselines) and ``active``. ``digits_adaptive`` is the digits ONNX model again, with the
+adaptation loop on (``[adaptation] trigger = "propose"``): corrupted traffic makes it propose a
+recalibrated version.
 """
 
 import argparse
@@ -79,6 +81,30 @@ def config_toml(backend: str, input_shape: tuple[int, ...], classes: int) -> str
     )
 
 
+ADAPTIVE = "digits_adaptive"
+ADAPTATION_TOML = (
+    "\n[adaptation]\n"
+    "capture = 2048  # served samples kept in memory to recalibrate from\n"
+    'trigger = "propose"  # write a candidate version; activate it by hand\n'
+    "min_samples = 512\n"
+)
+
+
+def write_adaptive(out: Path) -> ModelConfig:
+    """``out/digits_adaptive``: a copy of ``out/digits`` with ``[adaptation]`` on; every batch
+    is tapped (the model is small) so that a proposal follows about a thousand samples."""
+    source, staging = out / "digits", out / f".{ADAPTIVE}.building"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    config = (source / "config.toml").read_text(encoding="utf-8")
+    config += "max_overhead = 1.0  # tap every batch\n" + ADAPTATION_TOML
+    (staging / "config.toml").write_text(config, encoding="utf-8")
+    loaded = load_model_config(staging / "config.toml")
+    shutil.rmtree(out / ADAPTIVE, ignore_errors=True)
+    staging.rename(out / ADAPTIVE)
+    return loaded
+
+
 def write_model(
     out: Path, name: str, backend: str, module: nn.Module, reference: Float32Array, classes: int
 ) -> ModelConfig:
@@ -132,6 +158,7 @@ def build_examples(out: Path) -> None:
     with _threads(_THREADS):
         for example in EXAMPLES:
             build_example(out, example)
+    write_adaptive(out)
 
 
 def _print_shift_report(out: Path) -> None:
@@ -161,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     build_examples(args.out)
     elapsed = time.perf_counter() - started
-    print(f"wrote {len(EXAMPLES) * len(BACKENDS)} models to {args.out} in {elapsed:.1f} s")
+    print(f"wrote {len(EXAMPLES) * len(BACKENDS) + 1} models to {args.out} in {elapsed:.1f} s")
     if args.shift_report:
         _print_shift_report(args.out)
     return 0

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.bench.adaptation import ACTIVATE, CAPTURE_ONLY
 from service.bench.bodies import binary_request, digits_sample, json_request
 from service.bench.loadgen import LoadSpec, encode_request, run_blocking
 from service.bench.models import ResNet18, config_toml, write_digits_repository
@@ -102,6 +103,14 @@ def test_npy_body_matches_numpy() -> None:
     expected = io.BytesIO()
     np.save(expected, data)
     assert b"".join(npy_chunks(data, 3)) == expected.getvalue()
+
+
+@pytest.mark.parametrize("adaptation", [CAPTURE_ONLY, ACTIVATE])
+def test_adaptation_repositories_are_valid_for_the_service(tmp_path: Path, adaptation: str) -> None:
+    write_digits_repository(tmp_path, adaptation=adaptation)
+    config = load_model_config(tmp_path / "digits" / "config.toml")
+    assert config.adaptation.capture == 2048
+    assert config.adaptation.trigger == ("off" if adaptation == CAPTURE_ONLY else "activate")
 
 
 @pytest.mark.parametrize(("batching", "drift"), [(True, None), (False, True), (True, False)])

@@ -24,13 +24,19 @@ from hypothesis import strategies as st
 from service.cli.client.commands import MODES as CLIENT_MODES
 from service.cli.client.progress import ProgressBar, format_progress, format_summary
 from service.cli.client.recalibrate import content_type_for, file_chunks, recalibration_query
-from service.cli.client.tables import format_report, format_table, format_versions
+from service.cli.client.tables import (
+    format_adaptation,
+    format_report,
+    format_table,
+    format_versions,
+)
 from service.cli.client.transport import ClientError, Endpoint, UsageError, error_message
 from service.cli.inspect_model import inspect_file
 from service.cli.main import main
 from service.examples import corrupt, load_digits_split
 from service.recalibration.params import RecalibrationParams
 from service.stats.recalibrate import MODES
+from tests.api.test_status_page_adaptation import ONE_CLASS, adapting_repository, until_decided
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, LiveServer, free_port, start_server
 
 Outcome = tuple[int, str, str]
@@ -224,6 +230,50 @@ def test_rejected_requests_exit_2_with_the_servers_message(
     assert "(HTTP 404)" in err
 
 
+def test_adaptation_prints_the_state_and_the_loops_decision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = adapting_repository(tmp_path, "activate")
+    server = start_server(models, tmp_path / "server.log", BNSERVE_ADAPTATION_INTERVAL="0.1")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+            body = until_decided(client, ONE_CLASS)  # one class: rejected as a label shift
+        code, out, err = run_cli(capsys, "adaptation", "digits", "--url", server.url)
+        assert code == 0, err
+        json_code, json_out, _ = run_cli(
+            capsys, "adaptation", "digits", "--url", server.url, "--json"
+        )
+        missing = run_cli(capsys, "adaptation", "no_such_model", "--url", server.url)
+    finally:
+        server.stop()
+    assert (json_code, json.loads(json_out)) == (0, body)
+    assert missing[0] == 2 and "(HTTP 404)" in missing[2]
+
+    capture = body["capture"]
+    lines = out.splitlines()
+    assert lines[0] == "digits: serving version 1, trigger activate"
+    assert lines[1] == (
+        f"capture: {capture['held']:,} of {capture['capacity']:,} samples held "
+        f"({capture['seen']:,} seen)"
+    )
+    assert lines[2].startswith(f"alarm: {'ringing' if body['alarmed'] else 'quiet'} ")
+    assert lines[3] == "deciding: no; watching: no"
+    (decision,) = body["decisions"]
+    rows = table_rows(out)
+    assert rows[decision["at"]] == [
+        decision["at"],
+        "rejected",
+        "1 -> -",
+        "; ".join(decision["reasons"]),
+    ]
+    assert f"label shift test of the decision at {decision['at']}:" in out
+    for shift in decision["traffic"]["label_shift"]:
+        assert rows[shift["layer"]] == [
+            shift["layer"], f"{shift['drift']:.4f}", f"{shift['reweighted']:.4f}",
+            "yes" if shift["explained"] else "no",
+        ]  # fmt: skip
+
+
 def test_unreachable_server_and_missing_file_exit_codes(
     npy_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -393,6 +443,41 @@ def test_format_versions() -> None:
     rows = table_rows("\n".join(lines[2:]))
     assert rows["1"] == ["1", "-", "-", "-", "-"]
     assert rows["2"] == ["2", "*", "1", "2026-01-01T00:00:00+00:00", "ema", "500 in 7 batches"]
+
+
+def test_format_adaptation() -> None:
+    settings = {"trigger": "propose", "threshold": 3.0, "min_drift": 0.25, "min_samples": 512}
+    body: dict[str, Any] = {
+        "name": "m",
+        "version": "2",
+        "settings": settings,
+        "capture": None,
+        "alarmed": True,
+        "deciding": True,
+        "watching": {"version": "2", "previous": "1"},
+        "decisions": [],
+    }
+    assert format_adaptation(body).splitlines() == [
+        "m: serving version 2, trigger propose",
+        "capture: none (capture = 0)",
+        "alarm: ringing (drift / baseline >= 3.0 and drift >= 0.25, after 512 samples)",
+        "deciding: yes; watching: version 2 (back to 1 unless its drift settles)",
+        "",
+        "no decision yet",
+    ]
+    shift = {"layer": "bn1", "drift": 0.5, "reweighted": 0.45, "explained": False}
+    body["decisions"] = [
+        {"at": "t2", "outcome": "proposed", "source_version": 1, "version": 3,
+         "reasons": ["alarm on bn1", "proposed"], "traffic": None},
+        {"at": "t1", "outcome": "rejected", "source_version": 1, "version": 2,
+         "reasons": ["holdout"], "traffic": {"label_shift": [shift]}},
+    ]  # fmt: skip
+    text = format_adaptation(body)
+    rows = table_rows(text)
+    assert rows["t2"] == ["t2", "proposed", "1 -> 3", "alarm on bn1; proposed"]
+    assert rows["t1"] == ["t1", "rejected", "1 -> 2", "holdout"]
+    assert text.count("label shift test") == 1  # under the rejection only
+    assert rows["bn1"] == ["bn1", "0.5000", "0.4500", "no"]
 
 
 def test_request_building() -> None:

@@ -22,6 +22,7 @@ from service.examples import (
     load_module,
     recalibrate_bn,
 )
+from service.examples.build import ADAPTIVE
 from service.examples.export import export_onnx
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -43,8 +44,20 @@ def _torch_logits(module: nn.Module, x: np.ndarray) -> np.ndarray:
 
 
 def test_families_cover_the_repository() -> None:
-    expected = {f + suffix for f in ARCHITECTURES for suffix in ("", "_torch")}
-    assert {p.name for p in MODELS.iterdir() if p.is_dir()} >= expected
+    expected = {f + suffix for f in ARCHITECTURES for suffix in ("", "_torch")} | {ADAPTIVE}
+    assert {p.name for p in MODELS.iterdir() if p.is_dir()} == expected
+
+
+def test_adaptive_example_is_digits_with_adaptation_on() -> None:
+    folder, digits = MODELS / ADAPTIVE, MODELS / "digits"
+    for name in ("active", "1/model.onnx", "1/reference.npy"):
+        assert (folder / name).read_bytes() == (digits / name).read_bytes()
+    config = load_model_config(folder / "config.toml")
+    plain = load_model_config(digits / "config.toml")
+    assert config.adaptation.trigger == "propose" and config.adaptation.capture == 2048
+    assert config.model_dump(exclude={"adaptation", "drift"}) == plain.model_dump(
+        exclude={"adaptation", "drift"}
+    )
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURE_NAMES)

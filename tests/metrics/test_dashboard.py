@@ -1,9 +1,10 @@
 """The Grafana dashboard and the Prometheus / Grafana provisioning under ``deploy/``.
 
 Every metric a dashboard expression names must be one the service exports, checked against a
-real ``/metrics`` scrape after traffic, taps and a recalibration (suffixes ``_bucket``,
-``_sum``, ``_count``, ``_total`` included); ``rate``/``increase`` only over counters and
-histogram series; every label the queries group by or print is one the series carry.
+real ``/metrics`` scrape after traffic, taps and a recalibration of a model that adapts
+(suffixes ``_bucket``, ``_sum``, ``_count``, ``_total`` included); ``rate``/``increase`` only
+over counters and histogram series; every label the queries group by or print is one the
+series carry.
 """
 
 import json
@@ -63,8 +64,13 @@ def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def model_repo(tmp_path: Path) -> Path:
-    """Overrides conftest's: digits taps every batch, so every drift gauge has a value."""
-    return repository_tapping_every_batch(tmp_path)
+    """Overrides conftest's: digits taps every batch, so every drift gauge has a value, and
+    proposes adaptations, so its adaptation counters are exported (at 0: the traffic here is
+    too little for a decision)."""
+    root = repository_tapping_every_batch(tmp_path)
+    with (root / "digits" / "config.toml").open("a") as config:
+        config.write('\n[adaptation]\ncapture = 1024\ntrigger = "propose"\nmin_samples = 512\n')
+    return root
 
 
 @pytest.fixture

@@ -1,9 +1,13 @@
 """``/metrics``: the names and labels of README "Metrics", bounded label sets, values that match
 traffic."""
 
+import tomllib
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import make_client
 from tests.helpers import infer_body, sample_inputs
 
 
@@ -54,4 +58,26 @@ def test_unknown_paths_and_models_create_no_series(client: TestClient) -> None:
         "wine_torch",
         "digits_ln",
         "digits_ln_torch",
+        "digits_adaptive",
     }
+
+
+def test_adaptation_counters_start_at_zero_for_the_models_that_adapt(model_repo: Path) -> None:
+    """A series that first appears at 1 would hide the first decision from ``increase()``."""
+    with (model_repo / "digits" / "config.toml").open("a") as config:
+        config.write('\n[adaptation]\ncapture = 1024\ntrigger = "propose"\nmin_samples = 512\n')
+    with make_client(model_repo) as client:
+        samples = _samples(client)
+    adaptations = {
+        dict(labels)["outcome"]: value
+        for (name, labels), value in samples.items()
+        if name == "bnserve_adaptations_total" and dict(labels)["model"] == "digits"
+    }
+    assert adaptations == dict.fromkeys(["proposed", "activated", "rejected", "rolled_back"], 0.0)
+    models = {dict(k[1])["model"] for k in samples if k[0] == "bnserve_adaptations_total"}
+    adapting = {
+        path.parent.name
+        for path in model_repo.glob("*/config.toml")
+        if tomllib.loads(path.read_text()).get("adaptation", {}).get("trigger", "off") != "off"
+    }
+    assert models == adapting and "wine" not in adapting

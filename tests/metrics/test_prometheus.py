@@ -100,10 +100,13 @@ def query(prometheus: httpx.Client, expr: str) -> dict[str, Any] | None:
 
 
 def series(prometheus: httpx.Client, metric: str) -> dict[tuple[str, str, str], float]:
+    """``metric`` per (model, version, layer) of the models ``drive`` serves; other bundled
+    models get no traffic here."""
     data = query(prometheus, metric)
     return {
         (s["metric"]["model"], s["metric"]["version"], s["metric"]["layer"]): float(s["value"][1])
         for s in (data or {"result": []})["result"]
+        if s["metric"]["model"] in EXAMPLE_MODELS
     }
 
 

@@ -1,4 +1,5 @@
-"""The operator's HTTP client: ``bnserve recalibrate``, ``versions`` and ``activate``.
+"""The operator's HTTP client: ``bnserve recalibrate``, ``versions``, ``activate`` and
+``adaptation``.
 
 Standard library only (``http.client``): no FastAPI, torch or onnxruntime, so it starts fast
 and runs on a machine without the serving stack's heavy dependencies.

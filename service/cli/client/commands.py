@@ -1,4 +1,4 @@
-"""The operator's subcommands: ``recalibrate``, ``versions``, ``activate``.
+"""The operator's subcommands: ``recalibrate``, ``versions``, ``activate``, ``adaptation``.
 
 Each prints its result on stdout and returns the exit code: 0, 2 when the server rejected the
 request (4xx) or the command cannot be sent as given, 1 for any other failure. Error
@@ -21,7 +21,7 @@ from service.cli.client.recalibrate import (
     recalibration_query,
     upload,
 )
-from service.cli.client.tables import format_report, format_versions
+from service.cli.client.tables import format_adaptation, format_report, format_versions
 from service.cli.client.transport import (
     DEFAULT_TIMEOUT,
     ClientError,
@@ -94,6 +94,16 @@ def _activate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adaptation(args: argparse.Namespace) -> int:
+    path = model_path(args.model, "adaptation")
+    body = call_json(Endpoint.parse(args.url), "GET", path, timeout=args.timeout)
+    if args.json:
+        _print_json(body)
+    else:
+        print(format_adaptation(body))
+    return 0
+
+
 def _add_connection(parser: argparse.ArgumentParser, admin: bool) -> None:
     url = os.environ.get("BNSERVE_URL", DEFAULT_URL)
     parser.add_argument("--url", default=url, help=f"server URL (env BNSERVE_URL, default {url})")
@@ -129,7 +139,8 @@ def _add_recalibrate(commands: "Subcommands") -> None:
 
 
 def add_client_commands(commands: "Subcommands") -> None:
-    """Register ``recalibrate``, ``versions`` and ``activate`` on ``add_subparsers()``'s result."""
+    """Register ``recalibrate``, ``versions``, ``activate`` and ``adaptation`` on
+    ``add_subparsers()``'s result."""
     _add_recalibrate(commands)
 
     versions = commands.add_parser("versions", help="list a served model's versions")
@@ -142,3 +153,10 @@ def add_client_commands(commands: "Subcommands") -> None:
     activate.add_argument("version", help="version number")
     _add_connection(activate, admin=True)
     activate.set_defaults(run=_guarded(_activate))
+
+    adaptation = commands.add_parser(
+        "adaptation", help="show a model's adaptation from traffic: state and decisions"
+    )
+    adaptation.add_argument("model", help="model name")
+    _add_connection(adaptation, admin=False)
+    adaptation.set_defaults(run=_guarded(_adaptation))

@@ -1,8 +1,9 @@
-"""Plain-text rendering of the server's recalibration report and version list (pure functions).
+"""Plain-text rendering of the server's recalibration report, version list and adaptation
+state (pure functions).
 
 Input shapes are those of ``service.recalibration.report.build_report`` (plus ``version`` and
-``activated``) and of ``GET /v2/models/{name}/versions``. Drift numbers are printed with four
-decimals (``format_number``); ``--json`` gives the full precision.
+``activated``) and of ``GET /v2/models/{name}/versions`` and ``.../adaptation``. Drift numbers
+are printed with four decimals (``format_number``); ``--json`` gives the full precision.
 """
 
 from collections.abc import Mapping, Sequence
@@ -124,3 +125,70 @@ def format_versions(listing: Mapping[str, Any]) -> str:
     headers = ["version", "active", "recalibrated from", "created", "mode", "samples"]
     title = f"{listing['name']}: {len(rows)} versions, active {listing['active']}"
     return "\n".join([title, "", format_table(headers, rows, left=len(headers))])
+
+
+def _adaptation_lines(body: Mapping[str, Any]) -> list[str]:
+    settings = body["settings"]
+    capture = body["capture"]
+    held = (
+        "none (capture = 0)"
+        if capture is None
+        else f"{capture['held']:,} of {capture['capacity']:,} samples held "
+        f"({capture['seen']:,} seen)"
+    )
+    alarm = "ringing" if body["alarmed"] else "quiet"
+    watch = body["watching"]
+    watching = (
+        "no"
+        if watch is None
+        else f"version {watch['version']} (back to {watch['previous']} unless its drift settles)"
+    )
+    return [
+        f"{body['name']}: serving version {body['version']}, trigger {settings['trigger']}",
+        f"capture: {held}",
+        f"alarm: {alarm} (drift / baseline >= {settings['threshold']} and drift >= "
+        f"{settings['min_drift']}, after {settings['min_samples']} samples)",
+        f"deciding: {'yes' if body['deciding'] else 'no'}; watching: {watching}",
+    ]
+
+
+def _label_shift_table(decision: Mapping[str, Any]) -> str | None:
+    """Per layer, drift against the stored statistics and against the class mixture."""
+    traffic = decision.get("traffic")
+    if decision["outcome"] != "rejected" or traffic is None:
+        return None
+    rows = [
+        [
+            str(shift["layer"]),
+            format_number(shift["drift"]),
+            format_number(shift["reweighted"]),
+            "yes" if shift["explained"] else "no",
+        ]
+        for shift in traffic["label_shift"]
+    ]
+    table = format_table(["layer", "drift", "reweighted by class", "explained"], rows)
+    return f"label shift test of the decision at {decision['at']}:\n{table}"
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_adaptation(body: Mapping[str, Any]) -> str:
+    """``GET /v2/models/{name}/adaptation``: the state, then every decision, newest first."""
+    decisions = body["decisions"]
+    lines = _adaptation_lines(body)
+    if not decisions:
+        return "\n".join([*lines, "", "no decision yet"])
+    rows = [
+        [
+            str(decision["at"]),
+            str(decision["outcome"]),
+            f"{decision['source_version']} -> {_or_dash(decision['version'])}",
+            "; ".join(decision["reasons"]),
+        ]
+        for decision in decisions
+    ]
+    headers = ["decided", "outcome", "versions", "reasons"]
+    shifts = [table for table in map(_label_shift_table, decisions) if table is not None]
+    return "\n\n".join(["\n".join(lines), format_table(headers, rows, left=len(headers)), *shifts])
