@@ -108,10 +108,11 @@ def start_server(models: Path, log: Path, timeout: float = 60.0, **env: str) -> 
 
 
 class RestartableServer:
-    """``bnserve serve`` on one repository, for tests that kill it and start it again."""
+    """``bnserve serve`` on one repository, for tests that kill it and start it again;
+    ``env`` (``BNSERVE_*`` variables) applies to every start."""
 
-    def __init__(self, repo: Path, logs: Path) -> None:
-        self.repo, self.logs, self.starts = repo, logs, 0
+    def __init__(self, repo: Path, logs: Path, **env: str) -> None:
+        self.repo, self.logs, self.env, self.starts = repo, logs, env, 0
         self._live: LiveServer | None = None
 
     @property
@@ -122,7 +123,8 @@ class RestartableServer:
     def start(self) -> LiveServer:
         """Start (again) on the same repository, logging to ``server-<n>.log``."""
         self.starts += 1
-        self._live = start_server(self.repo, self.logs / f"server-{self.starts}.log")
+        log = self.logs / f"server-{self.starts}.log"
+        self._live = start_server(self.repo, log, **self.env)
         return self._live
 
     def stop(self) -> None:
