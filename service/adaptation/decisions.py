@@ -32,7 +32,8 @@ class Decision:
     source_version: int
     outcome: Outcome
     version: int | None
-    """The candidate version written (None when rejected before writing one)."""
+    """The candidate version written (None when rejected before writing one); for
+    ``rolled_back``, the candidate taken back, ``source_version`` serving again."""
     reasons: tuple[str, ...]
     alarm: Mapping[str, AlarmFigures]
     traffic: TrafficFigures | None = None

@@ -215,7 +215,8 @@ class AdaptationLoop:
             f"{config.min_samples} samples: back to version {watch.previous}",
         )
         figures = alarm_figures(layers, alarms)
-        decision = Decision(now(), watch.version, "rolled_back", watch.previous, reasons, figures)
+        # As for its activation: the version it came from, then the candidate (rolled back).
+        decision = Decision(now(), watch.previous, "rolled_back", watch.version, reasons, figures)
         self._record(model.name, state, decision)
 
     async def _reference(self, model: LoadedModel, output: str) -> ReferenceClasses | None:
