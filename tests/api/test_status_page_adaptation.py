@@ -5,12 +5,9 @@ What the page shows is compared with ``GET /v2/models/digits/adaptation`` and ``
 the renderer alone is checked for escaping and for what it shows of each kind of decision.
 """
 
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,50 +20,22 @@ from service.config import AdaptationConfig, AdaptationTrigger
 from service.examples import load_digits_split
 from service.status_adaptation import SHOWN_DECISIONS
 from service.status_page import render_status
+from tests.adaptation.adaptation_support import Client, adaptation, digits_repo, feed
 from tests.api.test_status_page import HOSTILE, model_entry, parse, section
-from tests.conftest import BUNDLED_MODELS, make_client
-from tests.helpers import infer_body
+from tests.conftest import make_client
 
 X_TEST, Y_TEST = load_digits_split()[2:]
 ONE_CLASS = np.concatenate([X_TEST[Y_TEST == 3]] * 8)  # clean, but a single class: label shift
 
 
-def adapting_repository(root: Path, trigger: str) -> Path:
-    """A repository holding only digits, tapping every batch, with ``[adaptation]`` on."""
-    models = root / "models"
-    shutil.copytree(BUNDLED_MODELS / "digits", models / "digits")
-    config = models / "digits" / "config.toml"
-    head = config.read_text().split("[drift]")[0]
-    config.write_text(
-        f"{head}[drift]\nmax_overhead = 1.0\n\n[adaptation]\ncapture = 2048\n"
-        f'trigger = "{trigger}"\nmin_samples = 512\ncooldown_s = 3600.0\n'
-    )
-    return models
-
-
-def serve(client: httpx.Client, x: npt.NDArray[np.float32]) -> None:
-    for start in range(0, len(x), 64):
-        response = client.post("/v2/models/digits/infer", content=infer_body(x[start : start + 64]))
-        assert response.status_code == 200, response.text
-
-
-def until_decided(
-    client: httpx.Client, x: npt.NDArray[np.float32], rounds: int = 12
-) -> dict[str, Any]:
-    """Serve ``x`` round after round until the loop has decided; the adaptation JSON then."""
-    for _ in range(rounds):
-        serve(client, x)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            body: dict[str, Any] = client.get("/v2/models/digits/adaptation").json()
-            if body["decisions"] and not body["deciding"]:
-                return body
-            time.sleep(0.05)
-    raise AssertionError(f"no decision after {rounds} rounds of {len(x)} samples")
+def until_decided(client: Client, x: npt.NDArray[np.float32]) -> dict[str, Any]:
+    """Feed ``x`` until the loop has decided; the adaptation JSON then."""
+    feed([client], x, chunk=len(x), passes=12)
+    return adaptation(client)
 
 
 def test_page_shows_the_state_and_a_rejected_label_shift(tmp_path: Path) -> None:
-    models = adapting_repository(tmp_path, "activate")
+    models = digits_repo(tmp_path, "activate")
     with make_client(models, adaptation_interval=0.1) as client:
         body = until_decided(client, ONE_CLASS)
         page = parse(client.get("/").text).root

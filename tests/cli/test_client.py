@@ -36,7 +36,8 @@ from service.cli.main import main
 from service.examples import corrupt, load_digits_split
 from service.recalibration.params import RecalibrationParams
 from service.stats.recalibrate import MODES
-from tests.api.test_status_page_adaptation import ONE_CLASS, adapting_repository, until_decided
+from tests.adaptation.adaptation_support import digits_repo
+from tests.api.test_status_page_adaptation import ONE_CLASS, until_decided
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, LiveServer, free_port, start_server
 
 Outcome = tuple[int, str, str]
@@ -233,7 +234,7 @@ def test_rejected_requests_exit_2_with_the_servers_message(
 def test_adaptation_prints_the_state_and_the_loops_decision(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    models = adapting_repository(tmp_path, "activate")
+    models = digits_repo(tmp_path, "activate")
     server = start_server(models, tmp_path / "server.log", BNSERVE_ADAPTATION_INTERVAL="0.1")
     try:
         with httpx.Client(base_url=server.url, timeout=30.0) as client:

@@ -74,14 +74,19 @@ def _recalibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _versions(args: argparse.Namespace) -> int:
-    path = model_path(args.model, "versions")
-    listing = call_json(Endpoint.parse(args.url), "GET", path, timeout=args.timeout)
+def _show(args: argparse.Namespace, resource: str, table: Callable[[Any], str]) -> int:
+    """GET a model's ``resource`` and print it as JSON or as ``table`` formats it."""
+    path = model_path(args.model, resource)
+    body = call_json(Endpoint.parse(args.url), "GET", path, timeout=args.timeout)
     if args.json:
-        _print_json(listing)
+        _print_json(body)
     else:
-        print(format_versions(listing))
+        print(table(body))
     return 0
+
+
+def _versions(args: argparse.Namespace) -> int:
+    return _show(args, "versions", format_versions)
 
 
 def _activate(args: argparse.Namespace) -> int:
@@ -95,13 +100,7 @@ def _activate(args: argparse.Namespace) -> int:
 
 
 def _adaptation(args: argparse.Namespace) -> int:
-    path = model_path(args.model, "adaptation")
-    body = call_json(Endpoint.parse(args.url), "GET", path, timeout=args.timeout)
-    if args.json:
-        _print_json(body)
-    else:
-        print(format_adaptation(body))
-    return 0
+    return _show(args, "adaptation", format_adaptation)
 
 
 def _add_connection(parser: argparse.ArgumentParser, admin: bool) -> None:
