@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # run as a file: the repository's packages, tests
 from service.examples.data import corrupt, load_digits_split, load_wine_split  # noqa: E402
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, start_server  # noqa: E402
 from tests.helpers import infer_body  # noqa: E402
-from tests.recalibration_support import npy_body  # noqa: E402
+from tests.recalibration.recalibration_support import npy_body  # noqa: E402
 
 CHROMIUM_FLAGS = [
     "--headless",
