@@ -7,6 +7,7 @@ describe current state (queue depth, active version) are read at scrape time by
 ``StateCollector``.
 """
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -47,8 +48,12 @@ class ServiceMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._request_children: dict[tuple[str, int | str, str], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
-            "bnserve_requests", "Inference requests by outcome", ["model", "code"], registry=r
+            "bnserve_requests",
+            "Inference requests by outcome and protocol (http or grpc)",
+            ["model", "code", "protocol"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "bnserve_request_duration_seconds",
@@ -86,6 +91,21 @@ class ServiceMetrics:
             buckets=_RECALIBRATION_BUCKETS,
             registry=r,
         )
+
+    def observe_request(self, model: str, code: int | str, protocol: str, started: float) -> None:
+        """Count one request under ``model``, ``code`` (HTTP status or gRPC status name) and
+        ``protocol``, and its latency since ``started`` (``time.perf_counter``). The labelled
+        children are looked up once per label set, not per request."""
+        key = (model, code, protocol)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(model, str(code), protocol),
+                self.request_duration.labels(model),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

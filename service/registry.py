@@ -2,7 +2,8 @@
 
 A version is loaded fully (in a worker thread) before it replaces the one serving, so requests
 never see a half-loaded model; requests already queued on the old version finish on it, then
-its batcher and thread are released (MLServer's ``_reload_model`` pattern).
+its batcher and thread are released (MLServer's ``_reload_model`` pattern). After every load,
+swap and unload the heap is settled (``service.heap``): full collections stay short.
 """
 
 import asyncio
@@ -15,12 +16,14 @@ from pathlib import Path
 
 from service.adaptation.capture import TrafficCapture
 from service.backends.base import Arrays, Backend
+from service.backends.cost import CallCost, measure
 from service.backends.families import family
 from service.batching import DynamicBatcher, Observer
 from service.config import ModelConfig
 from service.drift.factory import make_monitor
 from service.drift.monitor import DriftMonitor
 from service.errors import ModelNotFound, ModelNotReady
+from service.heap import settle
 from service.protocol.limits import BodyBounds, body_bounds
 from service.repository import ModelRepository
 
@@ -51,8 +54,11 @@ class LoadedModel:
     drift: DriftMonitor | None = field(default=None, repr=False)
     capture: TrafficCapture | None = field(default=None, repr=False)
     """The served inputs an adaptation learns from (``[adaptation] capture``), or None."""
+    cost: CallCost | None = field(default=None, repr=False)
+    """Measured at load when calls may run on the event loop (``inline_call_seconds`` > 0)."""
 
     async def infer(self, inputs: Arrays, batch_size: int) -> Arrays:
+        """The outputs for ``inputs``; ``Timeout`` past the registry's request timeout."""
         return await self.batcher.submit(inputs, batch_size)
 
     @functools.cached_property
@@ -72,6 +78,10 @@ class _Entry:
     config: ModelConfig
     serving: LoadedModel
     extra: dict[int, LoadedModel] = field(default_factory=dict)
+
+
+def _never_inline(_batch: int) -> bool:
+    return False
 
 
 def _observers(drift: DriftMonitor | None, capture: TrafficCapture | None) -> Observer | None:
@@ -98,14 +108,20 @@ class ModelRegistry:
         spinning: bool | None = None,
         batch_observer: Callable[[str], Callable[[int], None]] | None = None,
         on_load: Callable[[str, ModelConfig], None] | None = None,
+        request_timeout: float = 60.0,
+        inline_call_seconds: float = 0.0,
     ) -> None:
         """``batch_observer(model)`` returns a callback told the size of every model call;
-        ``on_load(model, config)`` is told of every version loaded."""
+        ``on_load(model, config)`` is told of every version loaded. A request waits at most
+        ``request_timeout`` seconds for its result. A model call that takes at most
+        ``inline_call_seconds`` (measured when the version loads) runs on the event loop."""
         self.repository = repository
         self._threads = threads
         self._spinning = spinning
         self._batch_observer = batch_observer
         self._on_load = on_load
+        self._request_timeout = request_timeout
+        self._inline_limit = inline_call_seconds
         # One thread for every model's drift taps: off the request path, and bounded in cost.
         self._drift_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift")
         self._entries: dict[str, _Entry] = {}
@@ -163,6 +179,7 @@ class ModelRegistry:
                 while len(entry.extra) > _MAX_EXTRA_VERSIONS:
                     oldest = next(iter(entry.extra))
                     await entry.extra.pop(oldest).close()
+                settle()
             return entry.extra[version]
 
     async def load(self, name: str) -> LoadedModel:
@@ -176,6 +193,7 @@ class ModelRegistry:
             self._entries[name] = _Entry(config, new)
             if old is not None:
                 await self._close_entry(old)
+            settle()
             log.info("model %s version %d loaded", name, version)
             return new
 
@@ -216,6 +234,7 @@ class ModelRegistry:
             self._entries[name] = _Entry(config, new)
             if entry is not None:
                 await self._close_entry(entry)
+            settle()
             log.info("model %s now serves version %d", name, version)
             return new
 
@@ -228,6 +247,7 @@ class ModelRegistry:
                 await asyncio.to_thread(self.repository.model_dir, name)
                 return
             await self._close_entry(entry)
+            settle()
 
     async def close(self) -> None:
         for name in list(self._entries):
@@ -243,6 +263,9 @@ class ModelRegistry:
         capture = None
         if config.adaptation.capture > 0:
             capture = TrafficCapture(config.inputs, config.adaptation.capture)
+        cost = None
+        if self._inline_limit > 0:
+            cost = await asyncio.to_thread(measure, backend.predict, config, self._inline_limit)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}-{version}")
         batcher = DynamicBatcher(
             backend.predict,
@@ -253,10 +276,12 @@ class ModelRegistry:
             enabled=config.batching.enabled,
             on_batch=None if self._batch_observer is None else self._batch_observer(name),
             on_served=_observers(drift, capture),
+            timeout=self._request_timeout,
+            inline=cost.inline(self._inline_limit) if cost is not None else _never_inline,
         )
         if self._on_load is not None:
             self._on_load(name, config)
-        return LoadedModel(name, version, config, backend, executor, batcher, drift, capture)
+        return LoadedModel(name, version, config, backend, executor, batcher, drift, capture, cost)
 
     @staticmethod
     async def _close_entry(entry: _Entry) -> None:

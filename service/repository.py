@@ -101,7 +101,10 @@ def _write_pointer(folder: Path, version: int, exclusive: bool) -> None:
 
 _LOCK = ".active.lock"
 _LOCK_STALE_SECONDS = 10.0  # a holder writes one small file; older means it died holding it
-_LOCK_WAIT_SECONDS = 5.0
+_LOCK_WAIT_SECONDS = _LOCK_STALE_SECONDS + 2.0
+"""Longer than a lock can be held alive: a waiter either gets it or finds it stale and breaks
+it (a lock left by a process SIGKILLed while holding it, found by
+``tests/reliability/test_reliability_faults.py``, once answered 409 for 10 s)."""
 
 
 @contextmanager

@@ -25,7 +25,10 @@ class GracefulServer(uvicorn.Server):
         ctx = getattr(self._app.state, "context", None)
         if isinstance(ctx, ServiceContext):
             with contextlib.suppress(RuntimeError):  # no loop running: nothing to abort
-                asyncio.get_running_loop().call_soon_threadsafe(ctx.recalibrator.stop)
+                loop = asyncio.get_running_loop()
+                loop.call_soon_threadsafe(ctx.recalibrator.stop)
+                # gRPC drains alongside HTTP: new calls refused now, calls in flight finish.
+                loop.call_soon_threadsafe(ctx.start_draining)
         super().handle_exit(sig, frame)
 
 
@@ -38,6 +41,9 @@ def serve(app: FastAPI, settings: ServiceSettings) -> None:
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
+        # Nothing reads the client's address or scheme (no access log, no absolute URLs):
+        # rewriting them from X-Forwarded-* on every request would be pure cost.
+        proxy_headers=False,
         timeout_graceful_shutdown=settings.graceful_timeout,
     )
     GracefulServer(config, app).run()

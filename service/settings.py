@@ -13,6 +13,8 @@ class ServiceSettings(BaseSettings):
     models: Path = Path("models")
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] = 8001
+    """Port of the gRPC Open Inference Protocol server (same process as HTTP); 0 turns it off."""
     admin_token: str | None = None
     """Bearer token for admin routes; a random one is generated at start when unset."""
     max_body_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
@@ -36,6 +38,10 @@ class ServiceSettings(BaseSettings):
     """Let onnxruntime's intra-op threads busy-wait between runs: lower latency, but on few
     cores less throughput for small models. Unset: on for models whose one-sample call takes
     1 ms or more, off for smaller ones."""
+    inline_call_us: Annotated[float, Field(ge=0.0)] = 100.0
+    """A model call measured (at load) to take at most this many microseconds runs on the
+    event loop instead of the model's thread: far below the cost of handing it to a thread
+    and back. 0: every call runs on the model's thread."""
     model_threads: Annotated[int, Field(ge=0)] = 0
     """Intra-op threads per model session; 0 lets the runtime choose."""
     log_level: str = "info"

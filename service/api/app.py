@@ -1,5 +1,6 @@
 """``create_app(settings)``: the FastAPI application; models load in the lifespan, not at import."""
 
+import functools
 import logging
 import secrets
 import sys
@@ -7,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from service import __version__
 from service.adaptation.loop import AdaptationLoop
@@ -16,6 +18,8 @@ from service.api.body import BodyReader
 from service.api.context import ServiceContext
 from service.api.errors import install_error_handlers
 from service.drift.collector import DriftCollector
+from service.grpc import server as grpc_server
+from service.heap import tune as tune_collector
 from service.metrics import ServiceMetrics, StateCollector
 from service.recalibration.runner import Recalibrator
 from service.registry import ModelRegistry
@@ -39,11 +43,25 @@ def _admin_token(settings: ServiceSettings) -> str:
     return token
 
 
+class ServiceApp(FastAPI):
+    """FastAPI, with the data plane served ahead of its middleware and router (``fastpath``)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = fastpath.match(scope["method"], scope["path"])
+            ctx = getattr(self.state, "context", None)
+            if route is not None and ctx is not None:
+                await fastpath.serve(ctx, route, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     repo = ModelRepository(settings.models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tune_collector()
         service_metrics = ServiceMetrics()
         registry = ModelRegistry(
             repo,
@@ -51,6 +69,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             spinning=settings.ort_spinning,
             batch_observer=lambda model: service_metrics.batch_size.labels(model).observe,
             on_load=service_metrics.model_loaded,
+            request_timeout=settings.request_timeout,
+            inline_call_seconds=settings.inline_call_us / 1e6,
         )
         service_metrics.add_collector(StateCollector(registry.model_states))
         service_metrics.add_collector(DriftCollector(registry.drift_monitors))
@@ -81,6 +101,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         )
         app.state.context = ctx
         watcher = RepositoryWatcher(registry, settings.poll_interval)
+        grpc = None
         try:
             for stale in repo.sweep_temporaries():
                 log.warning("removed %s, left by an interrupted write", stale)
@@ -88,16 +109,23 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 await registry.load(name)
             watcher.start()
             adaptation.start()
+            if settings.grpc_port:  # on the same loop and context as HTTP; 0 turns it off
+                grpc = await grpc_server.start(ctx)
+                ctx.drains.append(
+                    functools.partial(grpc_server.stop, grpc, settings.graceful_timeout)
+                )
             ctx.ready = True
             yield
         finally:
             ctx.ready = False
+            ctx.start_draining()  # no-op for drains a SIGTERM began: they are awaited here
+            await ctx.drained()
             await watcher.stop()
             await adaptation.stop()
             recalibrator.close()
             await registry.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="bnserve",
         version=__version__,
         description="Inference serving for BatchNorm networks (Open Inference Protocol).",
@@ -112,5 +140,4 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.include_router(drift.router)
     app.include_router(adaptation_routes.router)
     app.include_router(status.router)
-    app.router.routes[0:0] = fastpath.ROUTES  # matched first: see fastpath.py
     return app

@@ -1,10 +1,11 @@
 """Reading request bodies under a size limit, refusing oversized ones before reading them whole."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from service.errors import BodyTimeout, InvalidInput, Overloaded, PayloadTooLarge
 
@@ -12,18 +13,17 @@ Explain = Callable[[], str]
 """Says where a limit comes from, for the 413 message; called only when it is exceeded."""
 
 
-def _declared_length(request: Request) -> int | None:
-    """The request's ``Content-Length``; None for a chunked body."""
-    declared = request.headers.get("content-length")
-    if declared is None:
+def declared_length(value: str | None) -> int | None:
+    """A ``Content-Length`` header's value as a number; None for a chunked body."""
+    if value is None:
         return None
-    if not declared.isdigit():
-        raise InvalidInput(f"invalid Content-Length header {declared!r}")
-    return int(declared)
+    if not value.isdigit():
+        raise InvalidInput(f"invalid Content-Length header {value!r}")
+    return int(value)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = _declared_length(request)
+    declared = declared_length(request.headers.get("content-length"))
     if declared is not None and declared > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit}")
     chunks: list[bytes] = []
@@ -59,11 +59,13 @@ class BodyReader:
         """Bytes held now by bodies being read or served."""
 
     @asynccontextmanager
-    async def read(self, request: Request, bound: int, explain: Explain) -> AsyncIterator[bytes]:
-        """The body of ``request``, at most ``bound`` bytes (``explain`` says why), held in the
-        budget until the ``async with`` block ends."""
+    async def read(
+        self, receive: Receive, declared: int | None, bound: int, explain: Explain
+    ) -> AsyncIterator[bytes]:
+        """The body that ASGI ``receive`` delivers (``declared`` bytes, None if chunked), at
+        most ``bound`` bytes (``explain`` says why), held in the budget until the ``async
+        with`` block ends. ``ClientDisconnect`` if the client goes away first."""
         limit, explain = self._limit(bound, explain)
-        declared = _declared_length(request)
         held = 0
         try:
             if declared is not None:
@@ -77,7 +79,13 @@ class BodyReader:
             size = 0
             try:
                 async with asyncio.timeout(self.timeout):
-                    async for chunk in request.stream():
+                    more = True
+                    while more:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            raise ClientDisconnect()
+                        chunk: bytes = message.get("body", b"")
+                        more = message.get("more_body", False)
                         size += len(chunk)
                         if size > limit:
                             raise PayloadTooLarge(
@@ -93,6 +101,21 @@ class BodyReader:
                     f"(request_timeout): {size} bytes received"
                 ) from None
             yield b"".join(chunks)
+        finally:
+            self.inflight -= held
+
+    @contextmanager
+    def hold(self, size: int, bound: int, explain: Explain) -> Iterator[None]:
+        """Hold ``size`` bytes of a body that arrived whole (a gRPC message) in the budget
+        until the ``with`` block ends, under the same limits and messages as ``read``."""
+        limit, explain = self._limit(bound, explain)
+        if size > limit:
+            raise PayloadTooLarge(
+                f"request body of {size} bytes is over the limit of {limit} bytes, {explain()}"
+            )
+        held = self._take(size, 0)
+        try:
+            yield
         finally:
             self.inflight -= held
 

@@ -1,5 +1,7 @@
 """What the routes share: settings, repository, registry, admin token. Lives on ``app.state``."""
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
@@ -25,6 +27,18 @@ class ServiceContext:
     """Inference bodies: per-request limits and the in-flight budget of the whole app."""
     adaptation: AdaptationLoop
     ready: bool = field(default=False)
+    drains: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Graceful stops begun at SIGTERM, while uvicorn drains HTTP (the gRPC server's)."""
+    _draining: list["asyncio.Future[None]"] = field(default_factory=list)
+
+    def start_draining(self) -> None:
+        """Begin every drain not begun yet (on the event loop)."""
+        self._draining += [asyncio.ensure_future(drain()) for drain in self.drains]
+        self.drains.clear()
+
+    async def drained(self) -> None:
+        """Wait for every drain begun."""
+        await asyncio.gather(*self._draining)
 
 
 def context(request: Request) -> ServiceContext:

@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service import errors
-from service.api.responses import json_response
+from service.api.responses import json_bytes, json_response
 
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.InvalidInput: 400,
@@ -39,6 +39,19 @@ def status_of(exc: errors.ServiceError) -> int:
         if cls in STATUS:
             return STATUS[cls]
     return 500
+
+
+def error_reply(exc: errors.ServiceError) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
+    """Status, JSON body and extra headers of the answer to ``exc``, for raw ASGI senders."""
+    headers = _HEADERS.get(type(exc), {})
+    return (
+        status_of(exc),
+        json_bytes({"error": str(exc)}),
+        tuple(
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in headers.items()
+        ),
+    )
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:

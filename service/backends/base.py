@@ -49,7 +49,8 @@ class NormLayer:
 class Backend(Protocol):
     """A loaded model version in eval mode.
 
-    ``predict`` is thread-safe for concurrent calls; it is never called on the event loop.
+    ``predict`` is thread-safe for concurrent calls. It runs on the model's thread, or on the
+    event loop when its measured cost is far below a thread hand-off (``service.batching``).
     """
 
     platform: str

@@ -37,7 +37,9 @@ def test_a_request_over_the_timeout_gets_504(model_repo: Path) -> None:
 def test_a_full_queue_answers_503_with_retry_after(model_repo: Path, tmp_path: Path) -> None:
     config = model_repo / "digits" / "config.toml"
     config.write_text(config.read_text() + "\n[batching]\nmax_queue = 1\n")
-    server = start_server(model_repo, tmp_path / "server.log")
+    # Calls on the model's thread: an inline call (BNSERVE_INLINE_CALL_US) ends before the
+    # event loop reads the next request, so a queue of 1 might never overflow.
+    server = start_server(model_repo, tmp_path / "server.log", BNSERVE_INLINE_CALL_US="0")
     body = infer_body(sample_inputs("digits", 64))
     try:
         with httpx.Client(base_url=server.url, limits=httpx.Limits(max_connections=64)) as http:

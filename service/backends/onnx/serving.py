@@ -6,18 +6,17 @@ pays nothing for them. The fused session bakes the statistics in: new statistics
 file and a new session.
 """
 
-import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
 from service.backends.base import Arrays
+from service.backends.cost import call_seconds
 from service.backends.onnx.layers import load_model, onnx_layers
 from service.backends.onnx.names import PLATFORM
 from service.backends.signature import FileTensor, ModelSignature, check_tensor
-from service.datatypes import to_datatype, to_numpy
+from service.datatypes import to_datatype
 from service.errors import ConfigError
 
 
@@ -62,7 +61,7 @@ class OnnxBackend:
         self._input_names = [spec.name for spec in config.inputs]
         self._output_names = [spec.name for spec in config.outputs]
         self._session = _session(path, threads, spinning is not False)
-        if spinning is None and _call_seconds(self, config) < SPIN_ABOVE_SECONDS:
+        if spinning is None and call_seconds(self.predict, config, 1) < SPIN_ABOVE_SECONDS:
             self._session = _session(path, threads, False)
 
     def predict(self, inputs: Arrays) -> Arrays:
@@ -83,21 +82,6 @@ def _session(path: Path, threads: int, spinning: bool) -> ort.InferenceSession:
         )
     except Exception as exc:  # onnxruntime raises its own types for invalid graphs
         raise ConfigError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
-
-
-def _call_seconds(backend: "OnnxBackend", config: ModelSignature) -> float:
-    """The fastest of a few one-sample calls on zeros (after one warm-up call)."""
-    sample = {
-        spec.name: np.zeros((1, *spec.shape), dtype=to_numpy(spec.datatype))
-        for spec in config.inputs
-    }
-    backend.predict(sample)
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        backend.predict(sample)
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def _check_signature(graph: onnx.GraphProto, config: ModelSignature) -> None:
