@@ -1,11 +1,17 @@
 """One recalibration pass over a streamed body: parse -> ghost batches -> batch statistics.
 
-Synchronous, called from one worker thread at a time (``feed`` per received chunk, then
-``finish``). Memory is O(one chunk + one ghost batch + layers x channels + the reference
+Synchronous. The work comes in two halves that may run on two threads at once: the parsing
+half (``parse`` per received chunk, then ``parse_end``), called from one thread at a time,
+returns the completed ghost batches in stream order; the compute half (``compute``), called
+from one thread at a time with those batches in the same order, runs the forward and merges
+the statistics; ``result`` comes after both. The halves share no state, so they may overlap,
+and the statistics do not depend on when each batch runs, only on the order.
+Memory is O(one chunk + the ghost batches handed over + layers x channels + the reference
 reservoir), whatever the stream length. A job that raised is spent: discard it.
 """
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,14 +91,26 @@ class RecalibrationJob:
         )
         self._started = time.perf_counter()
 
-    def feed(self, chunk: bytes) -> None:
-        self._push(self._parser.feed(chunk))
+    def parse(self, chunk: bytes) -> list[Arrays]:
+        """The ghost batches that ``chunk`` completes, in stream order."""
+        return self._cut(self._parser.feed(chunk))
 
-    def finish(self) -> JobResult:
-        self._push(self._parser.close())
+    def parse_end(self) -> list[Arrays]:
+        """End of the body: the last ghost batches, the tail included if it is used."""
+        batches = self._cut(self._parser.close())
         tails = {name: batcher.finish() for name, batcher in self._batchers.items()}
         if all(tail is not None for tail in tails.values()):
-            self._run({name: tail for name, tail in tails.items() if tail is not None})
+            batches.append({name: tail for name, tail in tails.items() if tail is not None})
+        return batches
+
+    def compute(self, batches: Sequence[Arrays]) -> None:
+        """Run ``batches`` through the forward and into the statistics, in order."""
+        for batch in batches:
+            moments = self._forward.batch_moments(batch)
+            self._recalibration.update(moments, len(next(iter(batch.values()))))
+
+    def result(self) -> JobResult:
+        """After ``parse_end`` and the ``compute`` of every batch."""
         report = next(iter(self._batchers.values())).report
         if self._recalibration.batches == 0:
             raise InvalidInput("the stream holds no samples")
@@ -105,19 +123,14 @@ class RecalibrationJob:
             reference={name: r.samples for name, r in self._reservoirs.items()},
         )
 
-    def _push(self, arrays: Arrays) -> None:
+    def _cut(self, arrays: Arrays) -> list[Arrays]:
         if not arrays or len(next(iter(arrays.values()))) == 0:
-            return
+            return []
         for name, samples in arrays.items():
             self._reservoirs[name].add(samples)
         # Every input gets the same number of samples, so all batchers cut in lockstep.
         parts = [self._batchers[name].push(samples) for name, samples in arrays.items()]
-        for batch in zip(*parts, strict=True):
-            self._run(dict(zip(arrays, batch, strict=True)))
-
-    def _run(self, batch: Arrays) -> None:
-        moments = self._forward.batch_moments(batch)
-        self._recalibration.update(moments, len(next(iter(batch.values()))))
+        return [dict(zip(arrays, batch, strict=True)) for batch in zip(*parts, strict=True)]
 
     def _layer_results(self) -> tuple[LayerResult, ...]:
         new = self._recalibration.result()

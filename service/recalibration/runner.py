@@ -1,8 +1,9 @@
 """``Recalibrator``: runs streamed recalibrations next to serving, one per model at a time.
 
-The stream is consumed chunk by chunk; each chunk is parsed and its full ghost batches are run
-through the batch-statistics forward on a dedicated thread, never on the event loop and never
-on the model's inference thread. Only when the whole stream was read and checked is a version
+The stream is consumed chunk by chunk; each chunk is parsed on a worker thread, and its full
+ghost batches are run through the batch-statistics forward on the recalibration's own compute
+thread while the next chunks are received and parsed: never on the event loop and never on the
+model's inference thread. Only when the whole stream was read and checked is a version
 written (``ModelRepository.write_version``: temporary folder, fsync, rename), then activated
 if asked. Any error, a client disconnect or a client that stops sending for ``idle_timeout``
 seconds before that point writes nothing.
@@ -12,20 +13,21 @@ import asyncio
 import functools
 import io
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import orjson
 
-from service.backends.base import BatchStatsForward
+from service.backends.base import Arrays, BatchStatsForward
 from service.backends.families import family
 from service.config import RecalibrationConfig
 from service.errors import BodyTimeout, Conflict, ServiceError, ShuttingDown
 from service.metrics import ServiceMetrics
 from service.recalibration.job import JobResult, RecalibrationJob
 from service.recalibration.params import RecalibrationParams, select_layers
+from service.recalibration.pipeline import ComputePipeline
 from service.recalibration.report import RecalibrationOutcome, RecalibrationReport, build_report
 from service.registry import LoadedModel, ModelRegistry
 from service.repository import ModelRepository
@@ -178,6 +180,44 @@ class Recalibrator:
         finally:
             stopping.cancel()
 
+    async def _stream(self, job: RecalibrationJob, chunks: AsyncIterator[bytes]) -> JobResult:
+        """Receive and parse ``chunks`` while the batches already cut run on a compute thread
+        of their own (``ComputePipeline``: one group of batches waits at most, and the parsing
+        blocks until the compute catches up), so receiving, parsing and the forward overlap.
+
+        A parse error first waits for the batches before it: an error of an earlier batch
+        wins, as if every batch ran as soon as it was cut. On any exit before the end
+        (disconnect, idle timeout, shutdown, cancellation) the waiting batches are dropped and
+        the running one is waited for, so the model's forward is idle again on return."""
+        loop = asyncio.get_running_loop()
+        pipeline: ComputePipeline[Arrays] = ComputePipeline(
+            job.compute, depth=1, name="recalibration-compute"
+        )
+
+        def parse(cut: Callable[[], list[Arrays]]) -> None:
+            try:
+                batches = cut()
+            except Exception:
+                pipeline.join()  # raises the error of an earlier batch, if any
+                raise
+            pipeline.put(batches)
+
+        def parse_end() -> None:
+            parse(job.parse_end)
+            pipeline.join()
+
+        try:
+            async for chunk in self._until_stopped(chunks):
+                if chunk:
+                    await loop.run_in_executor(
+                        self._executor, parse, functools.partial(job.parse, chunk)
+                    )
+            await loop.run_in_executor(self._executor, parse_end)
+        finally:
+            pipeline.abort()
+            await asyncio.shield(asyncio.wrap_future(pipeline.stopped))
+        return await loop.run_in_executor(self._executor, job.result)
+
     def _observe(self, name: str, outcome: str, seconds: float) -> None:
         if self._metrics is None:
             return
@@ -208,10 +248,7 @@ class Recalibrator:
             self._max_samples,
             self._max_bytes,
         )
-        async for chunk in self._until_stopped(chunks):
-            if chunk:
-                await loop.run_in_executor(self._executor, job.feed, chunk)
-        result = await loop.run_in_executor(self._executor, job.finish)
+        result = await self._stream(job, chunks)
         self._check_stopping()
         if self._metrics is not None:
             self._metrics.recalibration_samples.labels(model.name).inc(result.samples)
