@@ -31,6 +31,9 @@ def model_repo(tmp_path: Path) -> Path:
 
 
 def make_client(models: Path, **settings: object) -> TestClient:
+    """The app on ``models``; no gRPC server unless ``grpc_port`` is given (tests run in
+    parallel, and the default 8001 would collide)."""
+    settings = {"grpc_port": 0, **settings}
     app = create_app(ServiceSettings(models=models, admin_token=ADMIN_TOKEN, **settings))
     return TestClient(app, raise_server_exceptions=False)
 
@@ -73,9 +76,10 @@ class LiveServer:
 
 
 def start_server(models: Path, log: Path, timeout: float = 60.0, **env: str) -> LiveServer:
-    """``bnserve serve`` in a subprocess on 127.0.0.1, returned once it reports ready."""
+    """``bnserve serve`` in a subprocess on 127.0.0.1, returned once it reports ready; gRPC
+    off unless ``env`` sets ``BNSERVE_GRPC_PORT`` (to a ``free_port()``)."""
     port = free_port()
-    environ = {**os.environ, "BNSERVE_ADMIN_TOKEN": ADMIN_TOKEN, **env}
+    environ = {**os.environ, "BNSERVE_ADMIN_TOKEN": ADMIN_TOKEN, "BNSERVE_GRPC_PORT": "0", **env}
     with log.open("wb") as handle:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [

@@ -23,12 +23,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {
         key: value
-        for key, value in (("models", args.models), ("host", args.host), ("port", args.port))
+        for key, value in (
+            ("models", args.models),
+            ("host", args.host),
+            ("port", args.port),
+            ("grpc_port", args.grpc_port),
+        )
         if value is not None
     }
     settings = ServiceSettings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    grpc = f"gRPC on port {settings.grpc_port}" if settings.grpc_port else "gRPC off"
+    logging.getLogger("service").info(
+        "bnserve: HTTP on %s:%d, %s", settings.host, settings.port, grpc
     )
     serve(create_app(settings), settings)
     return 0
@@ -60,10 +69,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve a model repository over HTTP")
+    serve = commands.add_parser("serve", help="serve a model repository over HTTP and gRPC")
     serve.add_argument("--models", type=Path, help="model repository (env BNSERVE_MODELS)")
     serve.add_argument("--host", help="bind address (env BNSERVE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (env BNSERVE_PORT, default 8000)")
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        help="gRPC port (env BNSERVE_GRPC_PORT, default 8001; 0 turns gRPC off)",
+    )
     serve.set_defaults(run=_serve)
 
     inspect = commands.add_parser("inspect", help="print a model file's normalization layers")

@@ -12,8 +12,9 @@ Response: ``{"model_name", "model_version", "id"?, "outputs": [{"name", "datatyp
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +48,12 @@ class InferRequest:
     batch_size: int
 
 
+class TensorSections(Protocol):
+    """Where binary input tensors come from, in input order (``BinarySections`` for HTTP)."""
+
+    def take(self, size: int) -> memoryview: ...
+
+
 @dataclass(frozen=True)
 class _InputPlan:
     """An input whose metadata is validated, before its data is decoded."""
@@ -68,6 +75,21 @@ def decode_infer_request(
     """
     header, tail = split_body(body, header_length)
     document = load_object(header)
+    return decode_infer_document(
+        document, config, lambda sizes: BinarySections(tail, sizes, header_length is not None)
+    )
+
+
+def decode_infer_document(
+    document: JsonObject, config: ModelConfig, sections: Callable[[list[int]], TensorSections]
+) -> InferRequest:
+    """``decode_infer_request`` on a request already parsed into ``document``; its binary
+    tensors come from ``sections(sizes)``, called once the metadata is valid with the
+    ``binary_data_size`` of each binary input in order.
+
+    The gRPC edge builds ``document`` from a ``ModelInferRequest`` (``raw_input_contents``
+    as ``binary_data_size`` inputs), so both protocols share these checks and messages.
+    """
     request_id = document.get("id")
     if request_id is not None and type(request_id) is not str:
         raise InvalidInput(f"'id' must be a string, got {request_id!r}")
@@ -77,9 +99,8 @@ def decode_infer_request(
     plans = _plan_inputs(document, config)
     batch_size = _batch_size(plans, config)
     outputs = _requested_outputs(document.get("outputs"), config, binary_output)
-    sizes = [plan.binary_size for plan in plans if plan.binary_size is not None]
-    sections = BinarySections(tail, sizes, header_length is not None)
-    inputs = {plan.spec.name: _decode_input(plan, sections) for plan in plans}
+    tensors = sections([plan.binary_size for plan in plans if plan.binary_size is not None])
+    inputs = {plan.spec.name: _decode_input(plan, tensors) for plan in plans}
     return InferRequest(request_id, inputs, outputs, binary_output, batch_size)
 
 
@@ -193,7 +214,7 @@ def _batch_size(plans: list[_InputPlan], config: ModelConfig) -> int:
     return batch
 
 
-def _decode_input(plan: _InputPlan, sections: BinarySections) -> npt.NDArray[np.generic]:
+def _decode_input(plan: _InputPlan, sections: TensorSections) -> npt.NDArray[np.generic]:
     where = f"input {plan.spec.name!r}"
     count = math.prod(plan.shape)
     if plan.binary_size is not None:

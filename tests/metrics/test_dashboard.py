@@ -140,7 +140,8 @@ def test_panels_use_the_provisioned_datasource_and_the_model_variable() -> None:
     types = {p["type"] for p in drawn}
     assert {"timeseries", "state-timeline"} <= types
     exprs = expressions(board)
-    assert "sum by (model, code) (rate(bnserve_requests_total" in " ".join(exprs)
+    # Requests by outcome and by protocol (http, grpc): the label ServiceMetrics gives them.
+    assert "sum by (model, code, protocol) (rate(bnserve_requests_total" in " ".join(exprs)
     for q in ("0.5", "0.99"):
         assert any(e.startswith(f"histogram_quantile({q}, sum by (le, model)") for e in exprs)
     ratio = [e for e in exprs if "bnserve_bn_drift{" in e and "/ bnserve_bn_drift_baseline{" in e]

@@ -29,9 +29,24 @@ def test_request_metrics_count_traffic_by_model_and_code(client: TestClient) -> 
     assert client.post("/v2/models/digits/infer", content=b"{").status_code == 400
     client.post("/v1/models/wine:predict", json={"instances": sample_inputs("wine", 2).tolist()})
     samples = _samples(client)
-    assert samples[("bnserve_requests_total", (("code", "200"), ("model", "digits")))] == 4
-    assert samples[("bnserve_requests_total", (("code", "400"), ("model", "digits")))] == 1
-    assert samples[("bnserve_requests_total", (("code", "200"), ("model", "wine")))] == 1
+    assert (
+        samples[
+            ("bnserve_requests_total", (("code", "200"), ("model", "digits"), ("protocol", "http")))
+        ]
+        == 4
+    )
+    assert (
+        samples[
+            ("bnserve_requests_total", (("code", "400"), ("model", "digits"), ("protocol", "http")))
+        ]
+        == 1
+    )
+    assert (
+        samples[
+            ("bnserve_requests_total", (("code", "200"), ("model", "wine"), ("protocol", "http")))
+        ]
+        == 1
+    )
     count = ("bnserve_request_duration_seconds_count", (("model", "digits"),))
     assert samples[count] == 5
     batch_sum = samples[("bnserve_inference_batch_size_sum", (("model", "digits"),))]

@@ -64,9 +64,16 @@ def _recalibrate(args: argparse.Namespace) -> int:
     request = RecalibrationUpload(
         args.model, args.file, args.content_type or content_type_for(args.file), query, args.version
     )
-    report = upload(
-        Endpoint.parse(args.url), request, args.token, sys.stderr, sys.stderr.isatty(), args.timeout
-    )
+    interactive = sys.stderr.isatty()
+    if args.grpc is not None:
+        # Imported here: grpc stays out of every other command's start.
+        from service.cli.client.recalibrate_grpc import grpc_target, upload_grpc
+
+        target = grpc_target(args.grpc, args.url)
+        report = upload_grpc(target, request, args.token, sys.stderr, interactive, args.timeout)
+    else:
+        endpoint = Endpoint.parse(args.url)
+        report = upload(endpoint, request, args.token, sys.stderr, interactive, args.timeout)
     if args.json:
         _print_json(report)
     else:
@@ -133,6 +140,14 @@ def _add_recalibrate(commands: "Subcommands") -> None:
     parser.add_argument("--no-activate", action="store_true", help="write the version only")
     parser.add_argument("--version", help="recalibrate this version, not the served one")
     parser.add_argument("--content-type", help="override the type guessed from the suffix")
+    parser.add_argument(
+        "--grpc",
+        nargs="?",
+        const="",
+        metavar="HOST:PORT",
+        help="stream over gRPC (bnserve.v1.Recalibration) to HOST:PORT; without a value, "
+        "the --url host on port 8001",
+    )
     _add_connection(parser, admin=True)
     parser.set_defaults(run=_guarded(_recalibrate))
 
