@@ -12,9 +12,10 @@ RUN pip install . && useradd --create-home --uid 10001 bnserve
 COPY --chown=bnserve:bnserve models /models
 
 USER bnserve
-ENV BNSERVE_MODELS=/models BNSERVE_HOST=0.0.0.0 BNSERVE_PORT=8000
+ENV BNSERVE_MODELS=/models BNSERVE_HOST=0.0.0.0 BNSERVE_PORT=8000 BNSERVE_GRPC_PORT=8001
 VOLUME ["/models"]
-EXPOSE 8000
+# HTTP (REST, metrics, status page) and gRPC (Open Inference Protocol).
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2)"]
 CMD ["bnserve", "serve"]
