@@ -2,7 +2,8 @@
 
 Runs from a clean checkout: the ResNet is built in code, every server gets a private copy of
 its model repository in a temporary folder, and everything is removed at the end. The full
-suite takes a few minutes on 2 cores; ``--quick`` shortens every measurement.
+suite takes about 23 minutes on 2 cores, 10 of them the soak (case j); ``--quick`` shortens
+every measurement.
 """
 
 import argparse
@@ -18,11 +19,25 @@ if TYPE_CHECKING:  # the suite's modules import torch: only ``run`` loads them
     from service.bench.harness import Bench
     from service.bench.report import Row
 
-LETTERS = ("a", "b", "c", "d", "e", "f", "g", "h", "i")
+LETTERS = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k")
 """The cases, in the order they run (``service.bench.cases.CASES``)."""
 
 NOISY_CORES = 0.2
 """Other processes using more than this (cores, on average) make a case's figures suspect."""
+
+
+SOAK_MINUTES = 10.0
+QUICK_SOAK_MINUTES = 0.5
+
+
+def _minutes(value: str) -> float:
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0:  # NaN included
+        raise argparse.ArgumentTypeError(f"minutes must be a positive number; got {value!r}")
+    return minutes
 
 
 def _letters(value: str) -> list[str]:
@@ -35,13 +50,19 @@ def _letters(value: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The suite's options, shared by ``python -m service.bench`` and ``bnserve bench``."""
-    parser.add_argument("--quick", action="store_true", help="short measurements (about 1 min)")
+    parser.add_argument("--quick", action="store_true", help="short measurements (a few minutes)")
     parser.add_argument(
         "--only", type=_letters, default=list(LETTERS), help="comma-separated cases, e.g. a,b"
     )
     parser.add_argument("--out", type=Path, help="also write the table: FILE.json, else Markdown")
     parser.add_argument(
         "--image-size", type=int, default=224, help="ResNet input is 3xNxN (default 224)"
+    )
+    parser.add_argument(
+        "--soak-minutes",
+        type=_minutes,
+        help=f"length of the soak, case j (default {SOAK_MINUTES:g}; {QUICK_SOAK_MINUTES:g} "
+        "with --quick)",
     )
 
 
@@ -101,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bnserve-bench-") as work, LoadProcess() as load:
-        bench = Bench(Path(work), load, quick=args.quick, image_size=args.image_size, log=log)
+        soak = args.soak_minutes or (QUICK_SOAK_MINUTES if args.quick else SOAK_MINUTES)
+        bench = Bench(Path(work), load, args.quick, args.image_size, log, soak)
         rows, others = _run_cases(bench, args.only)
     seconds = time.perf_counter() - started
     footer = _footer(others, seconds, args.quick)

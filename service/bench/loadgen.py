@@ -7,7 +7,7 @@ status line and headers up to the blank line, takes ``Content-Length`` and reads
 bytes. No header dict, no URL parsing, no body decoding; uvloop when installed. A request is
 timed from the write to the last body byte (``perf_counter_ns``).
 
-``run_in_process`` runs the load in a separate (spawned) process, so that the benchmark driver's
+``LoadProcess`` runs the load in a separate (spawned) process, so that the benchmark driver's
 own work (baseline computations, numpy) never shares a GIL with the client, and reports the CPU
 time that process used, which the benchmark prints next to the figures.
 """
@@ -19,8 +19,10 @@ import resource
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 _HEADER_END = b"\r\n\r\n"
 
@@ -143,8 +145,11 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_blocking(spec: LoadSpec) -> LoadResult:
-    """``run_load`` on a fresh event loop (uvloop if installed), with its CPU time measured."""
+def run_on_fresh_loop(
+    load: Callable[[LoadSpec], Coroutine[Any, Any, LoadResult]], spec: LoadSpec
+) -> LoadResult:
+    """``load(spec)`` on a fresh event loop (uvloop if installed), with its CPU time measured:
+    the one place that picks the load generators' loop."""
     try:
         import uvloop
 
@@ -153,10 +158,24 @@ def run_blocking(spec: LoadSpec) -> LoadResult:
         runner = asyncio.Runner()
     with runner:
         before, start = _cpu_seconds(), time.perf_counter()
-        result = runner.run(run_load(spec))
+        result = runner.run(load(spec))
         result.cpu_seconds = _cpu_seconds() - before
         result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def run_blocking(spec: LoadSpec) -> LoadResult:
+    """``run_load`` on a fresh event loop (``run_on_fresh_loop``)."""
+    return run_on_fresh_loop(run_load, spec)
+
+
+Drive = Callable[[LoadSpec], LoadResult]
+"""A load generator: runs ``spec`` to the end, in the load process, and reports what it saw.
+
+``run_blocking`` drives HTTP/1.1. A generator for another protocol (gRPC) is a sibling module
+with its own module-level (picklable) ``Drive`` that sends ``spec.request`` as its own
+pre-encoded request; ``LoadProcess.run`` and ``Bench.measure`` take it as ``drive``.
+"""
 
 
 class LoadProcess:
@@ -172,8 +191,8 @@ class LoadProcess:
         # Pay the spawn and the imports before any timing; keep the pid for CPU accounting.
         self.pid = self._pool.submit(os.getpid).result()
 
-    def run(self, spec: LoadSpec) -> LoadResult:
-        return self._pool.submit(run_blocking, spec).result()
+    def run(self, spec: LoadSpec, drive: Drive = run_blocking) -> LoadResult:
+        return self._pool.submit(drive, spec).result()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from service.backends.families import family
-from service.examples.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from service.examples.export import INPUT_NAME, OUTPUT_NAME, export_onnx, load_module
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent.parent / "models"
 DIGITS = "digits"
@@ -148,3 +148,10 @@ def write_digits_repository(
 
 def digits_model_file() -> Path:
     return BUNDLED_MODELS / DIGITS / "1" / family("onnx").model_file
+
+
+def digits_module() -> nn.Module:
+    """The bundled digits model as a torch module (``models/digits_torch``, its torch twin:
+    same architecture; weights do not change its timing)."""
+    path = BUNDLED_MODELS / f"{DIGITS}_torch" / "1" / family("torch").model_file
+    return load_module(DIGITS, path)

@@ -1,7 +1,8 @@
-"""``bnserve serve`` in a subprocess on 127.0.0.1, for benchmarks: start, wait ready, measure, stop.
+"""Servers in subprocesses on 127.0.0.1, for benchmarks: start, wait ready, measure, stop.
 
-The server is started with the same interpreter (``python -m service serve``), so its pid is
-the server process itself and ``/proc/<pid>`` describes the server, not a wrapper.
+``bnserve serve`` and the lean baseline are started with the same interpreter (``python -m
+...``), so each pid is the server process itself and ``/proc/<pid>`` describes the server,
+not a wrapper.
 """
 
 import os
@@ -27,6 +28,13 @@ def free_port() -> int:
         return port
 
 
+def _other_free_port(taken: int) -> int:
+    """A free port that is not ``taken`` (still free: nothing listens there yet)."""
+    while (port := free_port()) == taken:
+        pass
+    return port
+
+
 def _get_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2.0) as response:
@@ -36,36 +44,41 @@ def _get_status(url: str) -> int:
         return exc.code
 
 
-class BenchServer:
-    """A running ``bnserve serve --models <models>``; a context manager that stops it.
+class ServerProcess:
+    """``python *command`` listening on 127.0.0.1:``port`` (the command must say so), ready
+    once ``GET ready_path`` answers 200 and the process is idle; a context manager that stops
+    it.
 
-    ``models`` must be a private copy: recalibrations may write versions into it. ``env``
-    adds ``BNSERVE_*`` settings; the admin token is ``ADMIN_TOKEN``.
+    bnserve and the lean baseline both start this way (same interpreter, same environment),
+    so that neither gets a different kind of process than the other.
     """
 
     def __init__(
-        self, models: Path, log: Path, env: dict[str, str] | None = None, timeout: float = 120.0
+        self,
+        command: list[str],
+        port: int,
+        log: Path,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/v2/health/ready",
+        timeout: float = 120.0,
     ) -> None:
-        self.port = free_port()
+        self.port = port
         self.host = "127.0.0.1"
-        environ = {**os.environ, "BNSERVE_ADMIN_TOKEN": ADMIN_TOKEN, "BNSERVE_LOG_LEVEL": "warning"}
-        environ.update(env or {})
+        environ = {**os.environ, **(env or {})}
         # The child must import this same ``service`` package, from wherever it was started.
         environ["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(_PACKAGE_ROOT), environ.get("PYTHONPATH")])
         )
         self.log = log
-        command = [sys.executable, "-m", "service", "serve", "--models", str(models)]
-        command += ["--host", self.host, "--port", str(self.port)]
         with log.open("wb") as handle:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                command,
+                [sys.executable, *command],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 env=environ,
             )
         try:
-            self._wait_ready(timeout)
+            self._wait_ready(ready_path, timeout)
             self.settle_seconds = self._wait_idle(timeout)
         except BaseException:
             self.stop()
@@ -83,7 +96,7 @@ class BenchServer:
         """The status code of ``GET path``."""
         return _get_status(self.url + path)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, path: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -91,7 +104,7 @@ class BenchServer:
                     f"server exited with {self.process.returncode}: {self.log.read_text()}"
                 )
             try:
-                if self.get_status("/v2/health/ready") == 200:
+                if self.get_status(path) == 200:
                     return
             except OSError:
                 pass  # not listening yet
@@ -145,8 +158,54 @@ class BenchServer:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> "BenchServer":
+    def __enter__(self) -> "ServerProcess":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class BenchServer(ServerProcess):
+    """A running ``bnserve serve --models <models>``.
+
+    ``models`` must be a private copy: recalibrations may write versions into it. ``env``
+    adds ``BNSERVE_*`` settings; the admin token is ``ADMIN_TOKEN``. gRPC is off unless
+    ``grpc``, then on a free port of its own (``grpc_port``): the service's default, 8001,
+    would be shared by every bench server running at once (grpc binds with SO_REUSEPORT).
+    """
+
+    def __init__(
+        self,
+        models: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        timeout: float = 120.0,
+        grpc: bool = False,
+    ) -> None:
+        port = free_port()
+        self.grpc_port = _other_free_port(port) if grpc else 0
+        command = ["-m", "service", "serve", "--models", str(models)]
+        command += ["--host", "127.0.0.1", "--port", str(port)]
+        command += ["--grpc-port", str(self.grpc_port)]
+        environ = {
+            "BNSERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "BNSERVE_LOG_LEVEL": "warning",
+            **(env or {}),
+        }
+        super().__init__(command, port, log, environ, timeout=timeout)
+
+    def __enter__(self) -> "BenchServer":
+        return self
+
+
+class LeanServer(ServerProcess):
+    """The lean baseline (``service.bench.lean``) serving one ONNX file."""
+
+    def __init__(self, model: Path, log: Path, max_batch: int = 64, timeout: float = 120.0) -> None:
+        port = free_port()
+        command = ["-m", "service.bench.lean", "--model", str(model), "--port", str(port)]
+        command += ["--max-batch", str(max_batch)]
+        super().__init__(command, port, log, None, "/v2/health/live", timeout)
+
+    def __enter__(self) -> "LeanServer":
+        return self

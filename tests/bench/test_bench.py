@@ -3,6 +3,7 @@
 import argparse
 import io
 import json
+import math
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,12 @@ import torch
 
 from service.bench.adaptation import ACTIVATE, CAPTURE_ONLY
 from service.bench.bodies import binary_request, digits_sample, json_request
-from service.bench.loadgen import LoadSpec, encode_request, run_blocking
+from service.bench.harness import Bench
+from service.bench.loadgen import LoadProcess, LoadSpec, encode_request, run_blocking
 from service.bench.models import ResNet18, config_toml, write_digits_repository
 from service.bench.report import Row, Target, format_markdown, format_text, to_json
 from service.bench.server import ADMIN_TOKEN, BenchServer
+from service.bench.soak import soak
 from service.bench.upload import npy_chunks, npy_header, post_stream, raw_body
 from service.config import load_model_config
 
@@ -61,6 +64,23 @@ def test_load_generator_binary_body_and_error_statuses(server: BenchServer) -> N
     missing = LoadSpec(server.host, server.port, json_request("nope", digits_sample()), 1, 0.5)
     result = run_blocking(missing)
     assert result.count > 0 and dict(result.statuses) == {404: result.count}
+
+
+def test_soak_counts_every_response_and_samples_rss_in_each_window(
+    server: BenchServer, tmp_path: Path
+) -> None:
+    before = _served_count(server, "200")
+    with LoadProcess() as load:
+        bench = Bench(tmp_path, load, quick=True, log=lambda _: None)
+        request = json_request("digits", digits_sample())
+        result = soak(bench, server, request, minutes=0.05, rss_interval=0.2)  # 3 x 1 s
+    assert len(result.windows) == 3
+    assert result.failures == 0 and result.responses > 0
+    assert _served_count(server, "200") - before == result.responses
+    rss_now = server.memory_kb()["VmRSS"] / 1024
+    for window in result.windows:
+        assert window.rss_mib and all(0 < rss < 2 * rss_now for rss in window.rss_mib)
+    assert not math.isnan(result.growth_mib)
 
 
 def test_raw_upload_is_recalibrated_sample_for_sample(server: BenchServer) -> None:
