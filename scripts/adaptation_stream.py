@@ -47,7 +47,11 @@ def digits_repository(root: Path, trigger: str, cooldown_s: float) -> Path:
 def serving(models: Path) -> Iterator[TestClient]:
     """The app on ``models``, its adaptation loop looking every 0.1 s."""
     settings = ServiceSettings(
-        models=models, admin_token=TOKEN, adaptation_interval=0.1, poll_interval=0
+        grpc_port=0,  # in-process, HTTP only
+        models=models,
+        admin_token=TOKEN,
+        adaptation_interval=0.1,
+        poll_interval=0,
     )
     with TestClient(create_app(settings)) as client:
         yield client

@@ -39,7 +39,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "models"
         shutil.copytree(Path(__file__).resolve().parent.parent / "models", root)
-        app = create_app(ServiceSettings(models=root, admin_token=TOKEN, poll_interval=0))
+        app = create_app(
+            ServiceSettings(models=root, admin_token=TOKEN, poll_interval=0, grpc_port=0)
+        )
         with TestClient(app) as client:
             print("| model | corruption (severity 5) | clean | shifted | recalibrated | gain |")
             print("|---|---|---|---|---|---|")

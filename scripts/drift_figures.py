@@ -72,7 +72,7 @@ def measure(model: str) -> list[tuple[str, dict[str, float]]]:
     x_train, _, x_test, _ = load_digits_split()
     blurred_train, blurred_test = corrupt(x_train, "blur", 5), corrupt(x_test, "blur", 5)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = ServiceSettings(models=_repo(Path(tmp), model), admin_token=TOKEN)
+        settings = ServiceSettings(models=_repo(Path(tmp), model), admin_token=TOKEN, grpc_port=0)
         with TestClient(create_app(settings)) as client:
             _send(client, model, x_test)
             clean = _ratios(client, model, BATCHES)

@@ -14,7 +14,8 @@ as it is). Three kinds of line are treated specially:
   statically).
 
 The block that runs the test suite is not run here (it would run this again); CI takes it from
-the README with ``test-command``. Port 8000 in the README is replaced by a free port.
+the README with ``test-command``. Ports 8000 (HTTP) and 8001 (gRPC) in the README are replaced
+by free ports.
 
     python tests/readme_commands.py test-command   # print the README's test command
     python tests/readme_commands.py run [--install]
@@ -37,6 +38,7 @@ README = ROOT / "README.md"
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _TEST_MARK = "python -m pytest"
 _PORT = re.compile(r"(?<=localhost:)8000|(?<=127\.0\.0\.1:)8000|(?<=--port )8000")
+_GRPC_PORT = re.compile(r"(?<=localhost:)8001|(?<=127\.0\.0\.1:)8001|(?<=--grpc-port )8001")
 _WAIT = """for _ in $(seq 600); do
   python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/v2/health/ready')" \\
     2>/dev/null && break
@@ -71,14 +73,17 @@ def _shell_lines(body: str, install: bool, port: int) -> list[str]:
     return lines
 
 
-def script(text: str, install: bool, port: int) -> str:
-    """One bash script: every README block but the test command, in order."""
+def script(text: str, install: bool, port: int, grpc_port: int) -> str:
+    """One bash script: every README block but the test command, in order (ports 8000 and
+    8001 replaced by ``port`` and ``grpc_port``)."""
     parts = [
         "set -euo pipefail",
         'BNSERVE_LOG="$PWD/.readme-serve.log"; BNSERVE_PID=""',
         'trap \'[ -z "$BNSERVE_PID" ] || kill "$BNSERVE_PID" 2>/dev/null || true\' EXIT',
     ]
-    for number, (lang, body) in enumerate(blocks(_PORT.sub(str(port), text)), 1):
+    for number, (lang, body) in enumerate(
+        blocks(_GRPC_PORT.sub(str(grpc_port), _PORT.sub(str(port), text))), 1
+    ):
         if lang == "bash" and _TEST_MARK not in body:
             parts.append(f"echo '--- README block {number} (bash)'")
             parts.extend(_shell_lines(body, install, port))
@@ -117,7 +122,7 @@ def run(install: bool) -> int:
             os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         )
         env.pop("BNSERVE_ADMIN_TOKEN", None)  # the README sets its own
-        body = script(text, install, _free_port())
+        body = script(text, install, _free_port(), _free_port())
         return subprocess.run(["bash", "-c", body], cwd=checkout, env=env).returncode
 
 

@@ -28,11 +28,14 @@ def test_every_readme_block_runs_in_order() -> None:
 
 
 def test_the_serve_line_starts_in_the_background_and_is_waited_for() -> None:
-    text = "```bash\nbnserve serve --models models --port 8000\ncurl localhost:8000/v2\n```\n"
-    body = script(text, install=False, port=12345)
-    serve = body.index("bnserve serve --models models --port 12345 >")
+    text = (
+        "```bash\nbnserve serve --models models --port 8000 --grpc-port 8001\n"
+        "curl localhost:8000/v2\n```\n```python\nclient('localhost:8001')\n```\n"
+    )
+    body = script(text, install=False, port=12345, grpc_port=12346)
+    serve = body.index("bnserve serve --models models --port 12345 --grpc-port 12346 >")
     wait = body.index("http://127.0.0.1:12345/v2/health/ready")
-    assert serve < wait < body.index("curl localhost:12345/v2")
+    assert serve < wait < body.index("curl localhost:12345/v2") < body.index("'localhost:12346'")
 
 
 def test_ci_runs_the_readme_test_command_in_a_fresh_virtualenv() -> None:
