@@ -20,6 +20,8 @@ from service.bench.rounds import Figures, Probe, Rounds, cpu, interleave, p50, p
 BNSERVE = "bnserve, JSON"
 BNSERVE_BINARY = "bnserve, binary"
 BATCHING_OFF = "bnserve, JSON, batching off"
+THREAD_CALLS = "bnserve, JSON, every call on the model thread"
+"""``BNSERVE_INLINE_CALL_US=0``: the other path of the cost-based rule (README, Choices)."""
 LEAN = "lean server, JSON"
 FLOOR = "bnserve, GET /v2/health/live"
 LEAN_FLOOR = "lean server, GET /v2/health/live"
@@ -49,13 +51,18 @@ def compare_digits(bench: Bench) -> Rounds:
         bnserve = stack.enter_context(bench.server("ab-bnserve", write_digits_repository))
         off = partial(write_digits_repository, batching=False)
         unbatched = stack.enter_context(bench.server("ab-batching-off", off))
+        threaded = stack.enter_context(
+            bench.server(
+                "ab-thread-calls", write_digits_repository, {"BNSERVE_INLINE_CALL_US": "0"}
+            )
+        )
         lean = stack.enter_context(bench.lean("ab-lean", digits_model_file()))
-        for server in (bnserve, unbatched, lean):
+        for server in (bnserve, unbatched, threaded, lean):
             bench.warm(server, body)
         seconds = bench.seconds(4.0, 1.0)
         probes: dict[str, Probe] = {BARE: partial(_bare, bench)}
         for connections in SHAPES:
-            for name, server in ((BNSERVE, bnserve), (LEAN, lean)):
+            for name, server in ((BNSERVE, bnserve), (THREAD_CALLS, threaded), (LEAN, lean)):
                 probes[contender(name, connections)] = bench.probe(
                     server, body, connections, seconds
                 )
@@ -103,6 +110,8 @@ def latency_rows(rounds: Rounds) -> list[Row]:
              (floor, contender(LEAN_FLOOR, 1), LEAN_LABEL)),
         rounds.row("a", "digits req/s, 1 conn, JSON, batching on vs off", rate, "req/s",
              (json1, contender(BATCHING_OFF, 1), "batching off"), BATCHING_AT_1),
+        rounds.row("a", "digits p50, 1 conn, JSON, calls inline vs on the thread", p50, "ms",
+             (json1, contender(THREAD_CALLS, 1), "INLINE_CALL_US=0")),
     ]  # fmt: skip
 
 
@@ -116,4 +125,10 @@ def throughput_rows(rounds: Rounds) -> list[Row]:
         rounds.row("b", "digits server CPU per request, 32 conn, JSON", cpu, "ms", pair),
         rounds.row("b", "digits req/s, 32 conn, JSON, over bare 1-sample runs/s", rate, "req/s",
              (pair[0], BARE, f"{BARE} 1-sample runs/s")),
+        rounds.row("b", "digits req/s, 32 conn, JSON, calls inline vs on the thread", rate,
+             "req/s", (pair[0], contender(THREAD_CALLS, 32), "INLINE_CALL_US=0")),
+        rounds.row("b", "digits p99, 32 conn, JSON, calls inline vs on the thread", p99, "ms",
+             (pair[0], contender(THREAD_CALLS, 32), "INLINE_CALL_US=0")),
+        rounds.row("b", "digits req/s, 32 conn, JSON, calls on the thread, vs lean server",
+             rate, "req/s", (contender(THREAD_CALLS, 32), contender(LEAN, 32), LEAN_LABEL)),
     ]  # fmt: skip

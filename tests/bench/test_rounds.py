@@ -16,6 +16,7 @@ from service.bench.comparison import (
     FLOOR,
     LEAN,
     LEAN_FLOOR,
+    THREAD_CALLS,
     contender,
     latency_rows,
     throughput_rows,
@@ -84,6 +85,7 @@ def _digits_rounds(scale: dict[str, float]) -> Rounds:
     names = [contender(BNSERVE, 1), contender(LEAN, 1), contender(BNSERVE, 32)]
     names += [contender(LEAN, 32), BARE, contender(BNSERVE_BINARY, 1)]
     names += [contender(FLOOR, 1), contender(LEAN_FLOOR, 1), contender(BATCHING_OFF, 1)]
+    names += [contender(THREAD_CALLS, 1), contender(THREAD_CALLS, 32)]
     measured = {}
     for name in names:
         base = scale.get(name, 1.0)
@@ -98,11 +100,12 @@ def test_latency_and_throughput_rows_are_median_ratios_with_the_issue_targets() 
     bnserve1, bnserve32 = contender(BNSERVE, 1), contender(BNSERVE, 32)
     # bnserve 0.8x the lean server's time at 1 connection (p50 met), 1.25x its time at 32
     # (req/s 0.8x and p99 1.25x: both missed).
-    rounds = _digits_rounds({bnserve1: 0.8, bnserve32: 1.25, BARE: 0.1})
+    threaded32 = contender(THREAD_CALLS, 32)
+    rounds = _digits_rounds({bnserve1: 0.8, bnserve32: 1.25, BARE: 0.1, threaded32: 2.5})
     a = {row.metric: row for row in latency_rows(rounds)}
     b = {row.metric: row for row in throughput_rows(rounds)}
-    assert all(row.case == "a" for row in a.values()) and len(a) == 10
-    assert all(row.case == "b" for row in b.values()) and len(b) == 5
+    assert all(row.case == "a" for row in a.values()) and len(a) == 11
+    assert all(row.case == "b" for row in b.values()) and len(b) == 8
 
     p50 = a["digits p50, 1 conn, JSON"]
     assert p50.ratio == pytest.approx(0.8) and p50.met is True
@@ -121,6 +124,12 @@ def test_latency_and_throughput_rows_are_median_ratios_with_the_issue_targets() 
     cpu = b["digits server CPU per request, 32 conn, JSON"]
     assert cpu.ratio == pytest.approx(1.25) and cpu.target is None
     assert b["digits req/s, 32 conn, JSON, over bare 1-sample runs/s"].ratio == pytest.approx(0.08)
+    # The other path of the inline rule: every call on the model's thread.
+    assert a["digits p50, 1 conn, JSON, calls inline vs on the thread"].ratio == pytest.approx(0.8)
+    inline = b["digits req/s, 32 conn, JSON, calls inline vs on the thread"]
+    assert inline.ratio == pytest.approx(2.0) and inline.target is None
+    threaded = b["digits req/s, 32 conn, JSON, calls on the thread, vs lean server"]
+    assert threaded.ratio == pytest.approx(0.4)
 
 
 def _window(p99: float, responses: int, failures: int, rss: tuple[float, ...]) -> Window:
