@@ -50,6 +50,21 @@ class HealthServicer:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
 
+    async def statuses(self) -> dict[str, Any]:
+        """Every status: the overall one (``""`` and the server's services) and each model's."""
+        models = await asyncio.to_thread(self._ctx.repository.model_names)
+        names = ["", *self._services, *models]
+        return {name: await self.status(name) for name in names}
+
+    async def List(self, request: Any, context: Context) -> Any:
+        """``Health/List``, which grpcio-health-checking registers from 1.82 on (and then
+        requires of every servicer); older versions never call it."""
+        responses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in (await self.statuses()).items()
+        }
+        return health_pb2.HealthListResponse(statuses=responses)
+
     async def Watch(self, request: Any, context: Context) -> AsyncIterator[Any]:
         last = -1
         while True:
