@@ -40,8 +40,7 @@ def _line(label: str, seconds: list[float]) -> str:
 async def main() -> None:
     registry = ModelRegistry(ModelRepository(MODELS))
     try:
-        for name in registry.repository.model_names():
-            await registry.load(name)  # settles after each load, as the server does
+        await registry.load_all(registry.repository.model_names())  # as the server does
         gc.unfreeze()  # back to the heap as CPython would leave it
         tracked = len(gc.get_objects())
         print(f"python {sys.version.split()[0]}, {len(registry.names())} models loaded")

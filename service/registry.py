@@ -2,8 +2,9 @@
 
 A version is loaded fully (in a worker thread) before it replaces the one serving, so requests
 never see a half-loaded model; requests already queued on the old version finish on it, then
-its batcher and thread are released (MLServer's ``_reload_model`` pattern). After every load,
-swap and unload the heap is settled (``service.heap``): full collections stay short.
+its batcher and thread are released (MLServer's ``_reload_model`` pattern). After every load
+(a start-up's loads: once, at the end), swap and unload the heap is settled
+(``service.heap``): full collections stay short.
 """
 
 import asyncio
@@ -185,6 +186,17 @@ class ModelRegistry:
     async def load(self, name: str) -> LoadedModel:
         """(Re)load ``name`` from the repository at its active version and swap it in; a
         missing ``active`` is resolved to the highest version and written."""
+        model = await self._load(name)
+        settle()
+        return model
+
+    async def load_all(self, names: list[str]) -> None:
+        """``load`` each of ``names``, the heap settled once at the end, not after each."""
+        for name in names:
+            await self._load(name)
+        settle()
+
+    async def _load(self, name: str) -> LoadedModel:
         async with self._lock(name):
             config = await asyncio.to_thread(self.repository.config, name)
             version = await asyncio.to_thread(self.repository.resolve_active, name, config)
@@ -193,7 +205,6 @@ class ModelRegistry:
             self._entries[name] = _Entry(config, new)
             if old is not None:
                 await self._close_entry(old)
-            settle()
             log.info("model %s version %d loaded", name, version)
             return new
 

@@ -105,8 +105,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         try:
             for stale in repo.sweep_temporaries():
                 log.warning("removed %s, left by an interrupted write", stale)
-            for name in repo.model_names():
-                await registry.load(name)
+            await registry.load_all(repo.model_names())
             watcher.start()
             adaptation.start()
             if settings.grpc_port:  # on the same loop and context as HTTP; 0 turns it off

@@ -13,12 +13,13 @@ Explain = Callable[[], str]
 """Says where a limit comes from, for the 413 message; called only when it is exceeded."""
 
 
-def declared_length(value: str | None) -> int | None:
-    """A ``Content-Length`` header's value as a number; None for a chunked body."""
+def declared_length(value: str | None, header: str = "Content-Length") -> int | None:
+    """A length header's value as a number (``Content-Length`` by default: None for a chunked
+    body); ``InvalidInput`` naming ``header`` if it is not one."""
     if value is None:
         return None
     if not value.isdigit():
-        raise InvalidInput(f"invalid Content-Length header {value!r}")
+        raise InvalidInput(f"invalid {header} header {value!r}")
     return int(value)
 
 

@@ -20,15 +20,13 @@ from starlette.types import Receive, Scope, Send
 from service.api.body import declared_length
 from service.api.context import ServiceContext
 from service.api.errors import error_reply
-from service.errors import InvalidInput, PayloadTooLarge, ServiceError
+from service.errors import PayloadTooLarge, ServiceError
+from service.protocol.limits import THREAD_DECODE_BYTES
 from service.protocol.v1 import decode_v1_instances, encode_v1_predictions
 from service.protocol.v2 import decode_infer_request, encode_infer_response
 from service.repository import parse_version
 
 log = logging.getLogger(__name__)
-
-THREAD_DECODE_BYTES = 256 * 1024
-"""Bodies larger than this are decoded off the event loop."""
 
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
@@ -136,7 +134,7 @@ async def answer(ctx: ServiceContext, route: Route, headers: Headers, receive: R
 async def _infer(ctx: ServiceContext, route: Route, headers: Headers, receive: Receive) -> Reply:
     version = None if route.version is None else parse_version(route.version)
     model = await ctx.registry.get_version(route.model, version)
-    header_length = _header_length(headers.header_length)
+    header_length = declared_length(headers.header_length, "Inference-Header-Content-Length")
     bounds = model.body_bounds
     if header_length is not None and header_length > bounds.json:
         raise PayloadTooLarge(
@@ -173,11 +171,3 @@ async def _predict_v1(
         batch = next(iter(inputs.values())).shape[0]
         outputs = await model.infer(inputs, batch)
     return Reply(200, encode_v1_predictions(outputs, model.config))
-
-
-def _header_length(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isdigit():
-        raise InvalidInput(f"invalid Inference-Header-Content-Length header {value!r}")
-    return int(value)

@@ -7,7 +7,6 @@ whatever machine runs the suite. Targets are for a 2-core machine.
 """
 
 import functools
-import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 
@@ -39,7 +38,7 @@ from service.bench.protocols import digits_rows, resnet_rows
 from service.bench.recalibration import AUTH, batch_stats_seconds, recalibrate_over_http
 from service.bench.report import Row, Target
 from service.bench.rounds import interleave, rate
-from service.bench.server import BenchServer
+from service.bench.server import BenchServer, RssSampler
 from service.bench.soak import soak, soak_rows
 from service.bench.upload import post_stream, random_samples, raw_body
 
@@ -168,27 +167,6 @@ def _digits_recalibration(bench: Bench, batch: int) -> Row:
     return Row("e", metric, rate, "samples/s", torch_rate, "update_bn", None, note)
 
 
-class _PeakSampler:
-    """Samples the server's VmRSS every ``interval`` seconds on a thread; keeps the peak."""
-
-    def __init__(self, server: BenchServer, interval: float = 0.02) -> None:
-        self.peak_kb = 0
-        self._server, self._interval = server, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, self._server.memory_kb()["VmRSS"])
-            self._stop.wait(self._interval)
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak_kb
-
-
 def _recalibrate_raw(server: BenchServer, samples: int, chunk: int) -> float:
     """Stream ``samples`` generated digits samples (raw float32); the seconds it took."""
     upload = post_stream(
@@ -214,11 +192,12 @@ def case_f(bench: Bench) -> list[Row]:
         _recalibrate_raw(server, 4096, chunk)  # one-time costs: imports, calibration session
         before = server.memory_kb()
         bench.log(f"[f] streaming {total / MB:.0f} MiB of raw samples to recalibrate")
-        sampler = _PeakSampler(server)
+        sampler = RssSampler(server, 0.02)
         try:
             seconds = _recalibrate_raw(server, samples, chunk)
         finally:
-            sampled = sampler.stop()
+            sampler.stop()
+        sampled = sampler.peak_kb()
         after = server.memory_kb()
     # A new high-water mark after the warm-up was set by the stream; else the sampled peak.
     peak = after["VmHWM"] if after["VmHWM"] > before["VmHWM"] else sampled

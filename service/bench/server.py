@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -209,3 +210,31 @@ class LeanServer(ServerProcess):
 
     def __enter__(self) -> "LeanServer":
         return self
+
+
+class RssSampler:
+    """A server's VmRSS (kB) every ``interval`` seconds on a thread, with each sample's time
+    (``time.perf_counter``), from construction until ``stop``."""
+
+    def __init__(self, server: ServerProcess, interval: float) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._server, self._interval = server, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), self._server.memory_kb()["VmRSS"]))
+            self._stop.wait(self._interval)
+
+    def between(self, start: float, end: float) -> tuple[float, ...]:
+        """The samples taken in ``[start, end)``, in MiB."""
+        return tuple(kb / 1024 for at, kb in self.samples if start <= at < end)
+
+    def peak_kb(self) -> int:
+        return max((kb for _, kb in self.samples), default=0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -8,7 +8,6 @@ and caches' climb to their steady state, which is not a leak.
 """
 
 import statistics
-import threading
 import time
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from service.bench.harness import Bench
 from service.bench.loadgen import LoadResult, LoadSpec
 from service.bench.report import Row, Target
 from service.bench.rounds import Rounds
-from service.bench.server import ServerProcess
+from service.bench.server import RssSampler, ServerProcess
 
 RSS_INTERVAL = 5.0
 CONNECTIONS = 32
@@ -72,29 +71,6 @@ class Soak:
     @property
     def failures(self) -> int:
         return sum(window.failures for window in self.windows)
-
-
-class RssSampler:
-    """The server's VmRSS every ``interval`` seconds, with the time of each sample."""
-
-    def __init__(self, server: ServerProcess, interval: float = RSS_INTERVAL) -> None:
-        self.samples: list[tuple[float, float]] = []
-        self._server, self._interval = server, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter(), self._server.memory_kb()["VmRSS"] / 1024))
-            self._stop.wait(self._interval)
-
-    def between(self, start: float, end: float) -> tuple[float, ...]:
-        return tuple(rss for at, rss in self.samples if start <= at < end)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def soak(

@@ -21,11 +21,9 @@ from service.grpc.gate import Gate
 from service.grpc.generated.inference import grpc_service_pb2 as pb
 from service.grpc.status import Context, abort, code_of
 from service.grpc.tensors import decode_request, encode_response
+from service.protocol.limits import THREAD_DECODE_BYTES
 from service.registry import LoadedModel
 from service.repository import parse_version
-
-_THREAD_DECODE_BYTES = 256 * 1024
-"""Messages larger than this are decoded off the event loop (as HTTP bodies are)."""
 
 
 def _version(text: str) -> int | None:
@@ -114,7 +112,7 @@ class InferenceServicer:
             self._gate.admit(),
             ctx.bodies.hold(size, model.body_bounds.json, lambda: _explain(model)),
         ):
-            if size > _THREAD_DECODE_BYTES:
+            if size > THREAD_DECODE_BYTES:
                 req = await asyncio.to_thread(decode_request, request, model.config)
             else:
                 req = decode_request(request, model.config)

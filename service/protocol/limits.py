@@ -55,6 +55,9 @@ VALUE_BYTES: Final[dict[str, int]] = {
 }
 """The longest JSON text of one value of each datatype, without its separator."""
 
+THREAD_DECODE_BYTES = 256 * 1024
+"""Request bodies (HTTP) and messages (gRPC) larger than this are decoded off the event loop."""
+
 
 @dataclass(frozen=True)
 class BodyBounds:
