@@ -85,29 +85,28 @@ def case_c(bench: Bench) -> list[Row]:
 
 
 def case_d(bench: Bench) -> list[Row]:
-    """ResNet-18 throughput with ``[drift] enabled = true`` vs ``false``: monitoring's cost."""
+    """ResNet-18 throughput with ``[drift] enabled = true`` vs ``false``: monitoring's cost,
+    both servers up at once and measured in interleaved rounds (``rounds.interleave``)."""
     _, onnx_file = bench.resnet()
     request = binary_request(RESNET, _resnet_input(bench, 1))
-    connections, rates, notes = 4, {}, []
-    for drift in (False, True):
-        write = functools.partial(
-            write_resnet_repository, onnx_file=onnx_file, image_size=bench.image_size, drift=drift
-        )
-        with bench.server(f"d-drift-{'on' if drift else 'off'}", write) as server:
-            if drift and server.get_status(f"/v2/models/{RESNET}/drift") == 404:
-                notes.append(
-                    "drift monitoring not implemented yet (GET .../drift is 404): "
-                    "both runs serve alike"
-                )
-                bench.log(f"note: {notes[-1]}")
-            run = bench.measure(server, request, connections, bench.seconds(6.0, 2.0))
-            rates[drift] = run.result.rate
-            notes.append(f"drift {'on' if drift else 'off'}: {run.summary()}")
+    connections, seconds = 4, bench.seconds(6.0, 2.0)
+    on, off = "drift on", "drift off"
+    with ExitStack() as stack:
+        probes = {}
+        for label, drift in ((off, False), (on, True)):
+            write = functools.partial(
+                write_resnet_repository,
+                onnx_file=onnx_file,
+                image_size=bench.image_size,
+                drift=drift,
+            )
+            server = stack.enter_context(bench.server(f"d-{label.replace(' ', '-')}", write))
+            bench.warm(server, request)
+            probes[label] = bench.probe(server, request, connections, seconds)
+        rounds = interleave(probes, bench.rounds, bench.log)
     metric = f"resnet18 req/s, binary, {connections} conn, drift on"
     target = Target(">=", 0.97, on_ratio=True)  # monitoring costs at most 3%
-    return [
-        Row("d", metric, rates[True], "req/s", rates[False], "drift off", target, "; ".join(notes))
-    ]
+    return [rounds.row("d", metric, rate, "req/s", (on, off, off), target)]
 
 
 def case_e(bench: Bench) -> list[Row]:
