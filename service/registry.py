@@ -85,18 +85,18 @@ def _never_inline(_batch: int) -> bool:
     return False
 
 
-def _observers(drift: DriftMonitor | None, capture: TrafficCapture | None) -> Observer | None:
-    """What is told of every served batch: the drift monitor, the traffic capture, or both."""
-    if capture is None:
-        return None if drift is None else drift.observe
-    if drift is None:
-        return lambda inputs, batch_size, _seconds: capture.offer(inputs, batch_size)
+def _observers(*observers: Observer | None) -> Observer | None:
+    """What is told of every served batch: each of ``observers`` that is not None, in order
+    (the drift monitor, the traffic capture, the call cost)."""
+    chosen = tuple(observer for observer in observers if observer is not None)
+    if len(chosen) <= 1:
+        return chosen[0] if chosen else None
 
-    def both(inputs: Arrays, batch_size: int, seconds: float) -> None:
-        drift.observe(inputs, batch_size, seconds)
-        capture.offer(inputs, batch_size)
+    def every(inputs: Arrays, batch_size: int, seconds: float) -> None:
+        for observer in chosen:
+            observer(inputs, batch_size, seconds)
 
-    return both
+    return every
 
 
 class ModelRegistry:
@@ -286,7 +286,11 @@ class ModelRegistry:
             max_delay_ms=config.batching.max_delay_ms,
             enabled=config.batching.enabled,
             on_batch=None if self._batch_observer is None else self._batch_observer(name),
-            on_served=_observers(drift, capture),
+            on_served=_observers(
+                None if drift is None else drift.observe,
+                None if capture is None else capture.offer,
+                None if cost is None else cost.observe,
+            ),
             timeout=self._request_timeout,
             inline=cost.inline(self._inline_limit) if cost is not None else _never_inline,
         )

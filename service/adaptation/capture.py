@@ -65,9 +65,9 @@ class TrafficCapture:
         """Samples skipped before the next kept one: geometric with parameter ``W``."""
         return math.floor(math.log(self._uniform()) / math.log1p(-self._w))
 
-    def offer(self, inputs: Arrays, batch_size: int) -> None:
+    def offer(self, inputs: Arrays, batch_size: int, _seconds: float = 0.0) -> None:
         """Account a served batch; copy the rows the reservoir keeps. O(1) for a batch that
-        holds no kept sample."""
+        holds no kept sample. A batcher ``Observer`` (the call's seconds are not used)."""
         with self._lock:
             start, self.seen = self.seen, self.seen + batch_size
             fill = max(0, min(self.capacity - start, batch_size))

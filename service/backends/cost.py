@@ -6,7 +6,6 @@ whether a call is cheap enough to run on the event loop (``CallCost.inline``).
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,14 +31,22 @@ def call_seconds(
     return min(times)
 
 
-@dataclass(frozen=True)
 class CallCost:
-    """Seconds of a call of one sample and of ``max_batch`` samples (None: not measured, the
-    one-sample call being already too slow to matter)."""
+    """Seconds of a call of one sample and of ``max_batch`` samples (``full`` None: not
+    measured, the one-sample call being already too slow to matter).
 
-    one: float
-    full: float | None
-    max_batch: int
+    Measured once at load, then lowered by every call served (``observe``): noise (a busy
+    machine, a cold thread pool) only ever adds time, so the fastest call seen is the best
+    estimate of the model's own cost, and a load timed on a busy machine corrects itself with
+    the first calls. A call of any size bounds the one-sample cost (a call of more samples
+    never costs less); only a full batch bounds ``full``."""
+
+    __slots__ = ("full", "max_batch", "one")
+
+    def __init__(self, one: float, full: float | None, max_batch: int) -> None:
+        self.one = one
+        self.full = full
+        self.max_batch = max_batch
 
     def seconds(self, batch: int) -> float:
         """A call of ``batch`` samples, interpolated linearly between the two measured."""
@@ -48,10 +55,16 @@ class CallCost:
         share = (batch - 1) / (self.max_batch - 1)
         return self.one + share * (self.full - self.one)
 
+    def observe(self, _inputs: Arrays, batch: int, seconds: float) -> None:
+        """A call of ``batch`` samples took ``seconds`` (a batcher ``Observer``)."""
+        if seconds < self.one:
+            self.one = seconds
+        if batch == self.max_batch and (self.full is None or seconds < self.full):
+            self.full = seconds
+
     def inline(self, limit: float) -> Callable[[int], bool]:
-        """Whether a call of ``batch`` samples is at most ``limit`` seconds."""
-        if self.one > limit:
-            return lambda _batch: False
+        """Whether a call of ``batch`` samples is at most ``limit`` seconds, by the estimate
+        at the time of asking."""
         return lambda batch: self.seconds(batch) <= limit
 
 

@@ -37,7 +37,7 @@ from service.bench.models import (
 from service.bench.protocols import digits_rows, resnet_rows
 from service.bench.recalibration import AUTH, batch_stats_seconds, recalibrate_over_http
 from service.bench.report import Row, Target
-from service.bench.rounds import interleave, rate
+from service.bench.rounds import interleave, p99, rate
 from service.bench.server import BenchServer, RssSampler
 from service.bench.soak import soak, soak_rows
 from service.bench.upload import post_stream, random_samples, raw_body
@@ -104,9 +104,12 @@ def case_d(bench: Bench) -> list[Row]:
             bench.warm(server, request)
             probes[label] = bench.probe(server, request, connections, seconds)
         rounds = interleave(probes, bench.rounds, bench.log)
-    metric = f"resnet18 req/s, binary, {connections} conn, drift on"
+    metric = f"resnet18 {{}}, binary, {connections} conn, drift on"
     target = Target(">=", 0.97, on_ratio=True)  # monitoring costs at most 3%
-    return [rounds.row("d", metric, rate, "req/s", (on, off, off), target)]
+    return [
+        rounds.row("d", metric.format("req/s"), rate, "req/s", (on, off, off), target),
+        rounds.row("d", metric.format("p99"), p99, "ms", (on, off, off)),
+    ]
 
 
 def case_e(bench: Bench) -> list[Row]:
