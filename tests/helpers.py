@@ -1,12 +1,15 @@
 """Test helpers: V2 request bodies, reference modules for the bundled examples."""
 
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 import orjson
 import torch
+from fastapi.testclient import TestClient
 
 from service.examples.data import load_digits_split, load_wine_split
 from service.examples.export import load_module
@@ -74,3 +77,23 @@ def assert_rel_close(actual: npt.NDArray[Any], expected: npt.NDArray[Any], rel: 
     error = float(np.max(np.abs(actual.astype(np.float64) - expected)))
     scale = float(np.max(np.abs(expected)))
     assert error <= rel * scale, f"max error {error:.3g} > {rel:g} x scale {scale:.3g}"
+
+
+def settled_drift(
+    client: TestClient | httpx.Client, model: str, timeout: float = 20.0
+) -> dict[str, Any]:
+    """The drift JSON once every served batch is tapped and the baseline (if any) is ready.
+
+    Taps run behind the request path; a test that judges drift, or the loop that reads it, on
+    what it served waits for them first (an empty window reports no baseline)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = client.get(f"/v2/models/{model}/drift").json()
+        if body["batches_tapped"] == body["batches_seen"] and (
+            body["batches_seen"] == 0
+            or body["baseline"] is None
+            or all(layer["baseline"] is not None for layer in body["layers"])
+        ):
+            return body
+        time.sleep(0.02)
+    raise TimeoutError(f"drift of {model} not settled after {timeout} s")

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from service.examples import load_digits_split
 from tests.conftest import ADMIN_TOKEN, BUNDLED_MODELS, make_client
-from tests.helpers import infer_body, output_of
+from tests.helpers import infer_body, output_of, settled_drift
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 X_TRAIN, Y_TRAIN, X_TEST, Y_TEST = load_digits_split()
@@ -72,28 +72,6 @@ def decisions(client: Client) -> list[dict[str, Any]]:
     return found
 
 
-def taps_landed(client: Client) -> dict[str, Any]:
-    """The drift JSON once every served batch is tapped and the baseline (if any) is ready.
-
-    Taps run behind the request path (every batch here: ``max_overhead = 1.0``); the loop
-    reads the windows they fill, so a test that judges the loop on what it served waits for
-    them first: otherwise a lagging drift thread (the baseline runs first) would let "no
-    alarm" pass on an empty window."""
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        response = client.get("/v2/models/digits/drift")
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        if body["batches_tapped"] == body["batches_seen"] and (
-            body["batches_seen"] == 0  # an empty window reports no baseline
-            or body["baseline"] is None
-            or all(layer["baseline"] is not None for layer in body["layers"])
-        ):
-            return body
-        assert time.monotonic() < deadline, f"taps not landed after {DEADLINE_S} s: {body}"
-        time.sleep(0.02)
-
-
 def until_decisions(client: Client, count: int = 1) -> list[dict[str, Any]]:
     """Wait, sending nothing, until the loop has recorded ``count`` decisions."""
     deadline = time.monotonic() + DEADLINE_S
@@ -125,7 +103,7 @@ def feed(
 
 
 def _settled(client: Client) -> dict[str, Any]:
-    taps_landed(client)
+    settled_drift(client, "digits", DEADLINE_S)  # the loop judges what the taps saw
     deadline = time.monotonic() + DEADLINE_S
     while True:
         time.sleep(0.12)  # more than one poll of the loop (0.1 s apart in these tests)

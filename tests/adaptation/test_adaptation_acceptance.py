@@ -18,6 +18,7 @@ import pytest
 
 from service.examples import corrupt
 from tests.adaptation.adaptation_support import (
+    DEADLINE_S,
     MIN_SAMPLES,
     X_TEST,
     Y_TEST,
@@ -30,11 +31,11 @@ from tests.adaptation.adaptation_support import (
     original_predictions,
     serve,
     served,
-    taps_landed,
     until_decisions,
     version_folders,
 )
 from tests.conftest import make_client
+from tests.helpers import settled_drift
 
 
 def test_clean_traffic_decides_nothing_over_twenty_windows(tmp_path: Path) -> None:
@@ -44,7 +45,7 @@ def test_clean_traffic_decides_nothing_over_twenty_windows(tmp_path: Path) -> No
         accuracy = []
         for _ in range(passes):  # the loop sees every window: taps landed, then one poll
             accuracy.append(float((serve(client, X_TEST) == Y_TEST).mean()))
-            drift = taps_landed(client)
+            drift = settled_drift(client, "digits", DEADLINE_S)
             time.sleep(0.12)
         report = adaptation(client)
         version, _ = served(client, X_TEST[:1])

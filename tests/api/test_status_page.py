@@ -8,7 +8,6 @@ repository on disk, never from the renderer.
 import math
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,7 +20,7 @@ from fastapi.testclient import TestClient
 from service.examples.data import corrupt, load_digits_split
 from service.status_page import render_status
 from tests.conftest import BUNDLED_MODELS
-from tests.helpers import infer_body
+from tests.helpers import infer_body, settled_drift
 from tests.recalibration.recalibration_support import ADMIN, NPY, npy_body
 
 _VOID = {"meta", "br", "col", "img", "input", "link", "hr", "wbr", "source"}
@@ -108,20 +107,6 @@ def repository_tapping_every_batch(tmp_path: Path, models: tuple[str, ...] = ("d
 def model_repo(tmp_path: Path) -> Path:
     """Overrides conftest's."""
     return repository_tapping_every_batch(tmp_path)
-
-
-def settled_drift(
-    client: TestClient | httpx.Client, model: str, timeout: float = 20.0
-) -> dict[str, Any]:
-    """The drift JSON once every served batch is tapped and every baseline is ready."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body: dict[str, Any] = client.get(f"/v2/models/{model}/drift").json()
-        layers_ready = all(layer["baseline"] is not None for layer in body["layers"])
-        if body["batches_tapped"] == body["batches_seen"] and layers_ready:
-            return body
-        time.sleep(0.05)
-    raise TimeoutError(f"drift of {model} not settled after {timeout} s")
 
 
 def recalibrate_and_serve(client: TestClient | httpx.Client) -> dict[str, Any]:

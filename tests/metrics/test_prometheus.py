@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.test_status_page import repository_tapping_every_batch, settled_drift
+from tests.api.test_status_page import repository_tapping_every_batch
 from tests.conftest import REPO_ROOT, LiveServer, free_port, start_server
-from tests.helpers import EXAMPLE_MODELS, infer_body, sample_inputs
+from tests.helpers import EXAMPLE_MODELS, infer_body, sample_inputs, settled_drift
 from tests.metrics.test_dashboard import dashboard, expressions
 
 GAUGES = {  # gauge -> how to read it from a layer of the drift JSON
